@@ -1,0 +1,18 @@
+"""Several inputs of several dtypes, and a nested output: a dict holding a tensor, a list and a scalar-like."""
+
+import torch
+from torch import nn
+
+
+class Tagger(nn.Module):
+    scaffold_inputs = ["ids=2x6:int64:0..100", "mask=2x6:bool", "scale=1:float64"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> dict[str, object]:
+        h = self.embed(ids) * mask.unsqueeze(-1).float()
+        logits = self.head(h) * scale.float()
+        return {"logits": logits, "extra": [logits.argmax(-1), h.mean(dim=1)], "count": mask.sum()}

@@ -1,0 +1,3 @@
+"""scaffold: turn a PyTorch model into a complete, verified C++ deployment project."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,115 @@
+"""Configure, build, test and run a generated project: the same commands its README gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from generator.errors import ScaffoldError
+from generator.spec import read_toml, spec_from_mapping
+from generator.toolchain import TorchInfo, find_tool, require_build_tools, torch_info
+
+USER_PRESET = "dev"
+
+
+@dataclass(frozen=True)
+class Project:
+    """A generated project on disk: where it is, what it is called, what it was exported with."""
+
+    root: Path
+    name: str
+    manifest: dict
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / "build"
+
+    def binary(self) -> Path | None:
+        exe = self.name + (".exe" if platform.system() == "Windows" else "")
+        for candidate in (self.build_dir / exe, self.build_dir / "Release" / exe):
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+def open_project(root: Path) -> Project:
+    """Read a generated project's scaffold.toml and model/manifest.json, or say why it is not one."""
+    if not root.is_dir():
+        raise ScaffoldError(f"{root} is not a directory")
+    spec_file = root / "scaffold.toml"
+    manifest_file = root / "model" / "manifest.json"
+    if not spec_file.is_file() or not manifest_file.is_file():
+        raise ScaffoldError(f"{root} is not a scaffold project (no scaffold.toml and model/manifest.json)")
+    spec = spec_from_mapping(read_toml(spec_file), str(spec_file))
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ScaffoldError(f"{manifest_file} is not valid JSON: {e}") from None
+    return Project(root=root.resolve(), name=spec.name, manifest=manifest)
+
+
+def user_presets(info: TorchInfo, ninja: Path | None) -> dict:
+    """CMakeUserPresets.json: this machine's libtorch prefix and CUDA hints (git-ignored, rewritten by build)."""
+    cache = {"CMAKE_PREFIX_PATH": str(info.cmake_prefix)}
+    if info.cuda:
+        cache.update(info.cuda.cache_variables())
+    preset: dict = {"name": USER_PRESET, "displayName": f"This machine: torch {info.version} ({info.build})",
+                    "inherits": "release", "cacheVariables": cache}
+    if ninja:
+        preset["generator"] = "Ninja"
+        cache["CMAKE_MAKE_PROGRAM"] = str(ninja)
+    return {
+        "version": 3,
+        "configurePresets": [preset],
+        "buildPresets": [{"name": USER_PRESET, "configurePreset": USER_PRESET, "configuration": "Release"}],
+        "testPresets": [{"name": USER_PRESET, "configurePreset": USER_PRESET, "configuration": "Release",
+                         "output": {"outputOnFailure": True}}],
+    }
+
+
+def write_user_presets(root: Path, info: TorchInfo, ninja: Path | None) -> Path:
+    path = root / "CMakeUserPresets.json"
+    path.write_text(json.dumps(user_presets(info, ninja), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def check_torch_matches(project: Project, info: TorchInfo) -> str | None:
+    """The export and the libtorch it runs on should be the same torch; say so when they are not."""
+    exported = project.manifest.get("torch", {}).get("version")
+    if exported and exported.split("+")[0] != info.base_version:
+        return (f"model/ was exported with torch {exported} but this build uses libtorch {info.version}: "
+                "artifacts are not guaranteed to load across versions; re-export with the torch you deploy")
+    return None
+
+
+def configure_build_test(project: Project, *, test: bool = True, extra_cmake_args: list[str] | None = None,
+                         echo=print) -> None:
+    """cmake --preset dev, cmake --build --preset dev, ctest --preset dev; a failing step is one line."""
+    cmake, ninja, _compiler = require_build_tools()
+    info = torch_info()
+    if info.cuda and info.cuda.problem:
+        raise ScaffoldError(info.cuda.problem)
+    write_user_presets(project.root, info, ninja)
+    ctest = cmake.parent / ("ctest.exe" if platform.system() == "Windows" else "ctest")
+    if not ctest.exists():
+        ctest = find_tool("ctest") or ctest
+    steps = [("configure", [str(cmake), "--preset", USER_PRESET, *(extra_cmake_args or [])]),
+             ("build", [str(cmake), "--build", "--preset", USER_PRESET, "--parallel", str(os.cpu_count() or 2)])]
+    if test:
+        steps.append(("test", [str(ctest), "--preset", USER_PRESET]))
+    for step, cmd in steps:
+        echo(f"$ {' '.join(cmd)}")
+        proc = subprocess.run(cmd, cwd=project.root, check=False)
+        if proc.returncode != 0:
+            raise ScaffoldError(f"{step} failed (exit {proc.returncode}) in {project.root}; the output above says why")
+
+
+def run_binary(project: Project, args: list[str]) -> int:
+    binary = project.binary()
+    if binary is None:
+        raise ScaffoldError(f"{project.name} is not built yet: run `scaffold build {project.root}` first")
+    return subprocess.run([str(binary), *args], check=False).returncode

@@ -1,0 +1,138 @@
+"""The `scaffold` command line: a thin layer over spec, pipeline and build that prints."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from generator import __version__
+from generator.errors import ScaffoldError
+
+app = typer.Typer(
+    name="scaffold",
+    help="Turn a PyTorch model into a complete, verified, fast C++ (libtorch) deployment project.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"scaffold {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Turn a PyTorch model into a complete, verified, fast C++ (libtorch) deployment project."""
+
+
+@app.command()
+def new(
+    name: Annotated[str | None, typer.Argument(help="Project name: the directory, CMake target and binary name.",
+                                               show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="torchvision model name (resnet18), package.module:attr (an nn.Module class or "
+        "factory; imported from the current directory too), or a TorchScript .pt file.")] = None,
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", "-i", help="NAME=SHAPE[:DTYPE[:LOW..HIGH]], one per forward argument in order, e.g. "
+        "x=1x3x224x224, ids=1x16:int64:0..30522. torchvision classifiers default to x=1x3x224x224.")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", help="trace (default) or script; script keeps data-dependent control flow.")] = None,
+    freeze: Annotated[bool | None, typer.Option(
+        "--freeze/--no-freeze", help="torch.jit.freeze the TorchScript module (default: freeze).",
+        show_default=False)] = None,
+    spec_file: Annotated[Path | None, typer.Option(
+        "--spec", help="A scaffold.toml holding all of the above; flags override it.", dir_okay=False)] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: ./NAME).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+    build: Annotated[bool, typer.Option("--build", help="Run `scaffold build` on the new project.")] = False,
+) -> None:
+    """Export a model, check the artifact against eager PyTorch, and write a C++ project around it."""
+    from generator.spec import merge_flags, parse_input_flag, read_toml, spec_from_mapping
+
+    try:
+        data = read_toml(spec_file) if spec_file else {}
+        parsed_inputs = [parse_input_flag(text) for text in inputs or []]
+        spec = spec_from_mapping(merge_flags(data, name=name, model=model, method=method, inputs=parsed_inputs,
+                                             freeze=freeze), str(spec_file or "flags"))
+        dest = output or Path(spec.name)
+        from generator.pipeline import create_project
+
+        with err.status("starting", spinner="dots") as status:
+            result = create_project(spec, dest, force=force, progress=lambda msg: status.update(msg))
+    except ScaffoldError as e:
+        fail(str(e))
+        return
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    out.print(f"[green]created[/] {result.root} ({len(result.files)} files) for "
+              f"{', '.join(f'{i.name}={i.shape_str}:{i.dtype}' for i in result.spec.inputs)}", highlight=False)
+    if build:
+        _build(result.root)
+    else:
+        out.print(f"next: scaffold build {result.root}", highlight=False)
+
+
+def _build(directory: Path) -> None:
+    from generator.build import check_torch_matches, configure_build_test, open_project
+    from generator.toolchain import torch_info
+
+    try:
+        project = open_project(directory)
+        skew = check_torch_matches(project, torch_info())
+        if skew:
+            err.print(f"[yellow]warning:[/] {skew}", highlight=False, soft_wrap=True)
+        configure_build_test(project, echo=lambda line: err.print(line, style="dim", highlight=False))
+    except ScaffoldError as e:
+        fail(str(e))
+        return
+    binary = project.binary()
+    out.print(f"[green]built and tested[/] {binary}", highlight=False)
+
+
+@app.command()
+def build(
+    directory: Annotated[Path, typer.Argument(help="A project made by `scaffold new`.")] = Path("."),
+) -> None:
+    """Configure (preset 'dev', this machine's libtorch), build (Release, ninja when available), run ctest."""
+    _build(directory)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(help="A built project.")] = Path("."),
+) -> None:
+    """Run the built binary; arguments after `--` go to it (e.g. scaffold run my-app -- --iters 50 --json)."""
+    from generator.build import open_project, run_binary
+
+    try:
+        code = run_binary(open_project(directory), list(ctx.args))
+    except ScaffoldError as e:
+        fail(str(e))
+        return
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,165 @@
+"""TorchScript backend: trace or script, optionally freeze, save, load back, and check against eager."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generator.errors import ScaffoldError
+from generator.export.common import (
+    ExportResult,
+    call,
+    compare,
+    flatten,
+    make_inputs,
+    one_line,
+    save_golden,
+    sha256,
+    signature,
+)
+from generator.models import ResolvedModel
+from generator.spec import ProjectSpec
+
+ARTIFACT = "model.pt"
+
+
+def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> ExportResult:
+    """Write model/model.pt and model/golden.pt; raise ScaffoldError when the artifact is not faithful."""
+    inputs = make_inputs(spec.inputs, seed=0)
+    eager = flatten(call(resolved.module, inputs, "the model's forward"))
+    if not eager:
+        raise ScaffoldError("the model's forward returned no tensors: there is nothing to deploy or check")
+    notes: list[str] = []
+
+    module = _to_torchscript(resolved, spec, inputs, notes)
+    if spec.model.freeze:
+        module = _freeze(module)
+
+    artifact = model_dir / ARTIFACT
+    try:
+        module.save(str(artifact))
+        loaded = torch.jit.load(str(artifact), map_location="cpu")
+    except Exception as e:
+        raise ScaffoldError(f"the TorchScript artifact does not save and load back: {one_line(e)}") from None
+    loaded.eval()
+
+    reloaded = flatten(call(loaded, inputs, "the saved TorchScript model"))
+    diff = compare(eager, reloaded, spec.verify.rtol, spec.verify.atol)
+    if diff:
+        raise ScaffoldError(f"the saved TorchScript model does not reproduce eager outputs: {diff}")
+
+    traced_python = spec.model.method == "trace" and resolved.kind != "torchscript"
+    if traced_python:
+        _check_second_input(resolved, loaded, spec, notes)
+        notes.extend(_device_constants(loaded))
+
+    golden = model_dir / "golden.pt"
+    save_golden(golden, spec, inputs, eager)
+    max_diff = max(((a.double() - e.double()).abs().max().item() if e.numel() and e.is_floating_point() else 0.0)
+                   for (_, e), (_, a) in zip(eager, reloaded, strict=True))
+    manifest = {
+        "backend": "torchscript",
+        "method": "loaded" if resolved.kind == "torchscript" else spec.model.method,
+        "frozen": spec.model.freeze,
+        "artifact": ARTIFACT,
+        "sha256": sha256(artifact),
+        "golden": golden.name,
+        "signature": signature(spec, eager),
+        "verify": {"rtol": spec.verify.rtol, "atol": spec.verify.atol, "max_abs_diff": max_diff},
+        "rejects_input": _rejected_input(loaded, spec),
+    }
+    return ExportResult(artifact=artifact, golden=golden, manifest=manifest, warnings=notes)
+
+
+def _to_torchscript(resolved: ResolvedModel, spec: ProjectSpec, inputs: list[torch.Tensor],
+                    notes: list[str]) -> torch.jit.ScriptModule:
+    if resolved.kind == "torchscript":
+        return resolved.module  # type: ignore[return-value]
+    module = resolved.module
+    if spec.model.method == "script":
+        try:
+            return torch.jit.script(module)
+        except Exception as e:
+            raise ScaffoldError(
+                f"torch.jit.script could not compile the model: {one_line(e)}; "
+                "fix the unsupported Python construct or use --method trace"
+            ) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(module, tuple(inputs), check_trace=False, strict=False)
+        except Exception as e:
+            raise ScaffoldError(f"tracing failed: {one_line(e)}; try --method script") from None
+    seen = set()
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning):
+            text = f"{Path(w.filename).name}:{w.lineno}: {one_line(w.message)}"
+            if text not in seen:
+                seen.add(text)
+                notes.append(f"tracing: {text} — the trace records one path only; "
+                             "if forward branches on tensor values, use --method script")
+    return traced
+
+
+def _freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    try:
+        return torch.jit.freeze(module.eval())
+    except Exception as e:
+        raise ScaffoldError(
+            f"torch.jit.freeze failed: {one_line(e)}; export without it (--no-freeze, or freeze = false in [model])"
+        ) from None
+
+
+def _check_second_input(resolved: ResolvedModel, loaded: Any, spec: ProjectSpec, notes: list[str]) -> None:
+    """A trace that froze a data-dependent branch still matches on its own example; a second input tells."""
+    inputs = make_inputs(spec.inputs, seed=1)
+    eager = flatten(call(resolved.module, inputs, "the model's forward"))
+    try:
+        traced = flatten(call(loaded, inputs, "the traced model"))
+    except ScaffoldError as e:
+        raise ScaffoldError(f"{e}; the trace froze something input-dependent: use --method script") from None
+    diff = compare(eager, traced, spec.verify.rtol, spec.verify.atol)
+    if diff:
+        raise ScaffoldError(
+            f"the traced model matches eager on the example input but not on a second one ({diff}): tracing froze "
+            "data-dependent control flow; use --method script"
+        )
+
+
+def _rejected_input(loaded: Any, spec: ProjectSpec) -> str | None:
+    """A first-input shape the artifact refuses (every dim + 1), for the generated bad-input test; None if none."""
+    first = spec.inputs[0]
+    if not first.shape:
+        return None
+    wrong = replace(first, shape=tuple(d + 1 for d in first.shape))
+    inputs = make_inputs((wrong, *spec.inputs[1:]), seed=2)
+    try:
+        call(loaded, inputs, "the saved model")
+    except ScaffoldError:
+        return f"{first.name}={wrong.shape_str}"
+    return None
+
+
+def _device_constants(module: Any) -> list[str]:
+    """Devices written into a traced graph (`device=x.device`, `.to('cpu')`) do not follow --device."""
+    graph = getattr(module, "inlined_graph", None) or module.graph
+    found: set[str] = set()
+    stack = [graph.block()] if hasattr(graph, "block") else []
+    nodes = list(graph.nodes()) if not stack else []
+    while stack:
+        block = stack.pop()
+        for node in block.nodes():
+            nodes.append(node)
+            stack.extend(node.blocks())
+    for node in nodes:
+        if node.kind() == "prim::Constant" and node.output().type().kind() == "DeviceObjType":
+            found.add(str(node.output().toIValue()))
+    if not found:
+        return []
+    return [f"the trace baked device {', '.join(sorted(found))} into the graph (a .to(device) or device= in "
+            "forward): the C++ binary cannot move it with --device; use --method script to keep it dynamic"]

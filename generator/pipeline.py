@@ -1,0 +1,100 @@
+"""spec -> resolve -> export -> verify -> render -> write: `scaffold new` without the command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from generator import __version__
+from generator.build import write_user_presets
+from generator.errors import ScaffoldError
+from generator.export.common import ExportResult, write_manifest
+from generator.models import ResolvedModel, resolve
+from generator.render import render_tree, staged
+from generator.spec import ProjectSpec, spec_to_toml
+from generator.toolchain import TorchInfo, find_tool, torch_info
+
+RUNNER_SOURCES = {"torchscript": "torchscript_runner.cpp"}
+
+
+@dataclass
+class NewResult:
+    root: Path
+    spec: ProjectSpec
+    files: list[Path]
+    warnings: list[str] = field(default_factory=list)
+
+
+def fill_inputs(spec: ProjectSpec, resolved: ResolvedModel) -> ProjectSpec:
+    """Inputs from the spec, else the model's known defaults, else one line that says what to pass."""
+    if spec.inputs:
+        return spec
+    if resolved.default_inputs:
+        return spec.with_inputs(resolved.default_inputs)
+    raise ScaffoldError(
+        f"no inputs known for {resolved.description}: pass one --input per forward argument, in order, "
+        "e.g. --input x=1x3x224x224 --input ids=1x16:int64 (or [[inputs]] in scaffold.toml)"
+    )
+
+
+def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> ExportResult:
+    if spec.model.backend == "torchscript":
+        from generator.export import torchscript
+
+        return torchscript.export(resolved, spec, model_dir)
+    raise ScaffoldError(f"backend '{spec.model.backend}' is not available")  # spec validation keeps this unreachable
+
+
+def context(spec: ProjectSpec, result: ExportResult, resolved: ResolvedModel, info: TorchInfo) -> dict:
+    """Everything the templates need, decided here: templates only print plain values."""
+    return {
+        "name": spec.name,
+        "scaffold_version": __version__,
+        "model_description": resolved.description,
+        "torch_version": info.version,
+        "torch_base_version": info.base_version,
+        "torch_build": info.build,
+        "cxx_standard": info.cxx_standard,
+        "cxx11_abi": int(info.cxx11_abi),
+        "artifact": result.artifact.name,
+        "runner_source": RUNNER_SOURCES[spec.model.backend],
+        "backend_label": f"TorchScript, {result.manifest['method']}" + (", frozen" if spec.model.freeze else ""),
+        "inputs": spec.inputs,
+        "outputs": result.manifest["signature"]["outputs"],
+        "runtime": spec.runtime,
+        "bad_input": result.manifest.get("rejects_input"),
+    }
+
+
+def create_project(spec: ProjectSpec, dest: Path, *, force: bool = False,
+                   progress: Callable[[str], None] = lambda _msg: None) -> NewResult:
+    """Generate the whole project at dest, or nothing: every failure leaves the file system as it was."""
+    info = torch_info()
+    with staged(dest, force) as scratch:
+        progress(f"resolving {spec.model.source}")
+        resolved = resolve(spec.model.source)
+        spec = fill_inputs(spec, resolved)
+        model_dir = scratch / "model"
+        model_dir.mkdir()
+        progress(f"exporting ({spec.model.backend}, {spec.model.method}) and checking against eager")
+        result = export(resolved, spec, model_dir)
+        manifest = {
+            "scaffold_version": __version__,
+            "project": spec.name,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "source": spec.model.source,
+            "torch": {"version": info.version, "cuda": info.cuda.torch_cuda if info.cuda else None,
+                      "cxx11_abi": info.cxx11_abi, "cxx_standard": info.cxx_standard},
+            **result.manifest,
+        }
+        write_manifest(model_dir / "manifest.json", manifest)
+        progress("rendering the C++ project")
+        skip = {f"src/{src}" for b, src in RUNNER_SOURCES.items() if b != spec.model.backend}
+        files = render_tree("project", context(spec, result, resolved, info), scratch, skip=skip)
+        (scratch / "scaffold.toml").write_text(spec_to_toml(spec), encoding="utf-8")
+        write_user_presets(scratch, info, find_tool("ninja"))
+        files += [Path("scaffold.toml"), Path("CMakeUserPresets.json"),
+                  *(p.relative_to(scratch) for p in sorted(model_dir.iterdir()))]
+    return NewResult(root=dest, spec=spec, files=files, warnings=result.warnings)

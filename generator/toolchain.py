@@ -1,0 +1,227 @@
+"""Where is libtorch, which version, ABI and C++ standard, does it need CUDA, and where are cmake, ninja, c++?
+
+Everything here is probed on the machine it runs on: the C++ standard by preprocessing libtorch's own
+headers, the CUDA toolkit by asking nvcc where it lives, nvrtc from the `nvidia-*` wheels beside torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from generator.errors import ScaffoldError
+
+
+@dataclass(frozen=True)
+class CudaHints:
+    """What CMake needs to configure against a CUDA build of libtorch (even on a machine with no GPU)."""
+
+    torch_cuda: str  # the CUDA version torch was built with, e.g. "13.0"
+    toolkit_root: Path | None = None
+    nvcc: Path | None = None
+    nvcc_version: str | None = None
+    nvrtc: Path | None = None
+    cudart: Path | None = None
+    problem: str | None = None  # one sentence: what is missing and what to install
+
+    def cache_variables(self) -> dict[str, str]:
+        """The CMake cache variables the generated presets carry."""
+        values: dict[str, str] = {}
+        if self.toolkit_root:
+            values["CUDA_TOOLKIT_ROOT_DIR"] = str(self.toolkit_root)
+            values["CUDAToolkit_ROOT"] = str(self.toolkit_root)
+        if self.nvcc:
+            values["CMAKE_CUDA_COMPILER"] = str(self.nvcc)
+        if self.nvrtc:
+            values["CUDA_nvrtc_LIBRARY"] = str(self.nvrtc)
+        if self.cudart:
+            values["CUDA_CUDART_LIBRARY"] = str(self.cudart)
+        return values
+
+
+@dataclass(frozen=True)
+class TorchInfo:
+    version: str  # as torch reports it, e.g. "2.14.1+cu130"
+    root: Path  # the torch package directory (include/, lib/, share/cmake/)
+    cmake_prefix: Path
+    cxx11_abi: bool
+    cxx_standard: int
+    cxx_standard_source: str  # "probed with <compiler>" or why the table was used
+    cuda: CudaHints | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def base_version(self) -> str:
+        return self.version.split("+")[0]
+
+    @property
+    def build(self) -> str:
+        return f"CUDA {self.cuda.torch_cuda}" if self.cuda else "CPU"
+
+
+def find_tool(name: str) -> Path | None:
+    """A tool next to this Python first (the venv's cmake/ninja from PyPI), then on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.is_file() and os.access(here, os.X_OK):
+        return here
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def find_compiler() -> Path | None:
+    cxx = os.environ.get("CXX")
+    if cxx:
+        found = shutil.which(cxx)
+        return Path(found) if found else None
+    for name in ("c++", "g++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def torch_info() -> TorchInfo:
+    """Describe the torch importable here (the one whose libtorch the generated project builds against)."""
+    import torch
+    import torch.utils
+
+    root = Path(torch.__file__).parent
+    cuda = torch.version.cuda
+    std, source = probe_cxx_standard(root, torch.__version__)
+    return TorchInfo(
+        version=torch.__version__,
+        root=root,
+        cmake_prefix=Path(torch.utils.cmake_prefix_path),
+        cxx11_abi=bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+        cxx_standard=std,
+        cxx_standard_source=source,
+        cuda=cuda_hints(root, cuda) if cuda else None,
+    )
+
+
+def table_cxx_standard(version: str) -> int:
+    """What libtorch's headers are known to need: C++20 from torch 2.14 (ATen/ATen.h #errors on less)."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    major, minor = (int(m.group(1)), int(m.group(2))) if m else (2, 14)
+    return 20 if (major, minor) >= (2, 14) else 17
+
+
+@functools.lru_cache(maxsize=None)
+def probe_cxx_standard(root: Path, version: str) -> tuple[int, str]:
+    """Preprocess `#include <ATen/ATen.h>` at C++17, then C++20: the first that passes is what the headers need."""
+    compiler = find_compiler()
+    include = root / "include"
+    if compiler is None or not (include / "ATen" / "ATen.h").is_file():
+        why = "no C++ compiler found" if compiler is None else "libtorch headers not found"
+        return table_cxx_standard(version), f"from the torch version ({why} to probe with)"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.cpp"
+        src.write_text("#include <ATen/ATen.h>\n")
+        for std in (17, 20):
+            proc = subprocess.run(
+                [str(compiler), f"-std=c++{std}", "-E", "-o", os.devnull, f"-I{include}",
+                 f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}", str(src)],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode == 0:
+                return std, f"probed: libtorch headers preprocess with {compiler.name} -std=c++{std}"
+    return table_cxx_standard(version), "from the torch version (the header probe failed at C++17 and C++20)"
+
+
+def _nvcc_root(nvcc: Path) -> Path | None:
+    """nvcc may be a wrapper script; its --dryrun output says where the real toolkit lives (TOP=...)."""
+    try:
+        proc = subprocess.run([str(nvcc), "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                              capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"^#\$ TOP=(.+)$", proc.stderr + proc.stdout, re.MULTILINE)
+    return Path(m.group(1).strip()).resolve() if m else None
+
+
+def _nvcc_version(nvcc: Path) -> str | None:
+    try:
+        proc = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"release (\d+\.\d+)", proc.stdout)
+    return m.group(1) if m else None
+
+
+def _is_toolkit(root: Path) -> bool:
+    return (root / "include" / "cuda_runtime.h").is_file() and (root / "bin" / "nvcc").is_file()
+
+
+def _wheel_lib(torch_root: Path, stem: str) -> Path | None:
+    """A CUDA library from the `nvidia-*` wheels torch depends on (site-packages/nvidia/<pkg>/lib)."""
+    nvidia = torch_root.parent / "nvidia"
+    if not nvidia.is_dir():
+        return None
+    for lib in sorted(nvidia.glob(f"*/lib/{stem}.so*")):
+        if ".alt." not in lib.name and "builtins" not in lib.name:
+            return lib
+    return None
+
+
+def cuda_hints(torch_root: Path, torch_cuda: str) -> CudaHints:
+    """Find the CUDA toolkit pieces a CUDA libtorch's CMake config needs, or say in one sentence what to install."""
+    candidates: list[Path] = []
+    for var in ("CUDA_HOME", "CUDA_PATH", "CUDA_TOOLKIT_ROOT_DIR"):
+        if os.environ.get(var):
+            candidates.append(Path(os.environ[var]))
+    nvcc_on_path = shutil.which("nvcc")
+    if nvcc_on_path:
+        top = _nvcc_root(Path(nvcc_on_path))
+        if top:
+            candidates.append(top)
+    candidates += [Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"), reverse=True)]
+    candidates += sorted((torch_root.parent / "nvidia").glob("cu*"))  # pip's nvidia-cuda-nvcc layout
+    root = next((c.resolve() for c in candidates if _is_toolkit(c)), None)
+
+    if root is None:
+        return CudaHints(
+            torch_cuda=torch_cuda,
+            problem=(f"this torch is a CUDA {torch_cuda} build and its CMake config needs the CUDA {torch_cuda} "
+                     "toolkit (nvcc and headers) even on a machine without a GPU: install that toolkit and set "
+                     "CUDA_HOME, or build against a CPU build of libtorch"),
+        )
+    nvcc = root / "bin" / "nvcc"
+    version = _nvcc_version(nvcc)
+    problem = None
+    if version and version.split(".")[0] != torch_cuda.split(".")[0]:
+        problem = (f"the CUDA toolkit at {root} is {version} but torch was built with CUDA {torch_cuda}: install "
+                   f"the CUDA {torch_cuda} toolkit and point CUDA_HOME at it")
+
+    def lib(stem: str) -> Path | None:
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib"):
+            hits = sorted((root / sub).glob(f"{stem}.so*")) if (root / sub).is_dir() else []
+            if hits:
+                return hits[0]
+        return _wheel_lib(torch_root, stem)
+
+    nvrtc = lib("libnvrtc")
+    if nvrtc is None and problem is None:
+        problem = f"libnvrtc (CUDA {torch_cuda}) was not found in {root} or the nvidia wheels beside torch: " \
+                  f"pip install nvidia-cuda-nvrtc"
+    return CudaHints(torch_cuda=torch_cuda, toolkit_root=root, nvcc=nvcc, nvcc_version=version, nvrtc=nvrtc,
+                     cudart=lib("libcudart"), problem=problem)
+
+
+def require_build_tools() -> tuple[Path, Path | None, Path]:
+    """cmake, ninja (optional) and a C++ compiler, or one line that says what to install."""
+    cmake = find_tool("cmake")
+    if cmake is None:
+        raise ScaffoldError("cmake not found: pip install cmake (or install it with your OS package manager)")
+    compiler = find_compiler()
+    if compiler is None:
+        hint = f"CXX={os.environ['CXX']} is not on PATH" if os.environ.get("CXX") else "no c++, g++ or clang++ on PATH"
+        raise ScaffoldError(f"no C++ compiler found ({hint}): install one (apt-get install g++) or set CXX")
+    return cmake, find_tool("ninja"), compiler
