@@ -54,6 +54,8 @@ def new(
         "x=1x3x224x224, ids=1x16:int64:0..30522. torchvision classifiers default to x=1x3x224x224.")] = None,
     method: Annotated[str | None, typer.Option(
         "--method", help="trace (default) or script; script keeps data-dependent control flow.")] = None,
+    backend: Annotated[str | None, typer.Option(
+        "--backend", help="torchscript (default).")] = None,
     freeze: Annotated[bool | None, typer.Option(
         "--freeze/--no-freeze", help="torch.jit.freeze the TorchScript module (default: freeze).",
         show_default=False)] = None,
@@ -62,6 +64,11 @@ def new(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: ./NAME).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
     build: Annotated[bool, typer.Option("--build", help="Run `scaffold build` on the new project.")] = False,
+    bazel: Annotated[bool, typer.Option("--bazel", help="Also generate Bazel rules (MODULE.bazel, WORKSPACE, "
+                                        "BUILD.bazel) beside CMake.")] = False,
+    ci: Annotated[list[str] | None, typer.Option("--ci", help="Generate a CI build matrix: github.")] = None,
+    docker: Annotated[bool | None, typer.Option("--docker/--no-docker", help="Generate a multi-stage Dockerfile.",
+                                                show_default=False)] = None,
 ) -> None:
     """Export a model, check the artifact against eager PyTorch, and write a C++ project around it."""
     from generator.spec import merge_flags, parse_input_flag, read_toml, spec_from_mapping
@@ -69,8 +76,9 @@ def new(
     try:
         data = read_toml(spec_file) if spec_file else {}
         parsed_inputs = [parse_input_flag(text) for text in inputs or []]
-        spec = spec_from_mapping(merge_flags(data, name=name, model=model, method=method, inputs=parsed_inputs,
-                                             freeze=freeze), str(spec_file or "flags"))
+        spec = spec_from_mapping(merge_flags(data, name=name, model=model, method=method, backend=backend,
+                                             inputs=parsed_inputs, freeze=freeze, bazel=bazel, ci=ci,
+                                             docker=docker), str(spec_file or "flags"))
         dest = output or Path(spec.name)
         from generator.pipeline import create_project
 

@@ -68,6 +68,17 @@ def context(spec: ProjectSpec, result: ExportResult, resolved: ResolvedModel, in
     }
 
 
+def flavours(spec: ProjectSpec) -> list[str]:
+    """Template trees to render (templates/<flavour>/ mirrors the files it makes), in order."""
+    trees = ["project"]
+    if "bazel" in spec.build_systems:
+        trees.append("bazel")
+    trees += [f"ci-{provider}" for provider in spec.ci]
+    if spec.docker:
+        trees.append("docker")
+    return trees
+
+
 def create_project(spec: ProjectSpec, dest: Path, *, force: bool = False,
                    progress: Callable[[str], None] = lambda _msg: None) -> NewResult:
     """Generate the whole project at dest, or nothing: every failure leaves the file system as it was."""
@@ -92,7 +103,10 @@ def create_project(spec: ProjectSpec, dest: Path, *, force: bool = False,
         write_manifest(model_dir / "manifest.json", manifest)
         progress("rendering the C++ project")
         skip = {f"src/{src}" for b, src in RUNNER_SOURCES.items() if b != spec.model.backend}
-        files = render_tree("project", context(spec, result, resolved, info), scratch, skip=skip)
+        values = context(spec, result, resolved, info)
+        files = []
+        for flavour in flavours(spec):
+            files += render_tree(flavour, values, scratch, skip=skip)
         (scratch / "scaffold.toml").write_text(spec_to_toml(spec), encoding="utf-8")
         write_user_presets(scratch, info, find_tool("ninja"))
         files += [Path("scaffold.toml"), Path("CMakeUserPresets.json"),

@@ -19,7 +19,8 @@ DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16"
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 METHODS = ("trace", "script")
 BACKENDS = ("torchscript",)
-BUILD_SYSTEMS = ("cmake",)
+BUILD_SYSTEMS = ("cmake", "bazel")
+CI_PROVIDERS = ("github",)
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 # CMake reserves these target names (and `torch`/`c10` clash with libtorch's imported targets).
 RESERVED_NAMES = {
@@ -75,6 +76,8 @@ class ProjectSpec:
     model: ModelSpec
     inputs: tuple[InputSpec, ...] = ()
     build_systems: tuple[str, ...] = ("cmake",)
+    ci: tuple[str, ...] = ()  # CI workflows to generate for the project ("github")
+    docker: bool = False  # generate a multi-stage Dockerfile
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     verify: VerifySpec = field(default_factory=VerifySpec)
 
@@ -240,14 +243,12 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
         raise ScaffoldError(f"[[inputs]]: input name '{duplicates[0]}' appears more than once")
 
     build = _expect_table(data.get("build", {}), f"{where}: [build]")
-    _check_keys(build, ("systems",), "[build]")
-    systems = _get(build, "systems", list, "[build]", ["cmake"])
-    for s in systems:
-        if not isinstance(s, str):
-            raise ScaffoldError(f"[build].systems: expected strings, got {s!r}")
-        _choice(s, BUILD_SYSTEMS, "[build].systems")
+    _check_keys(build, ("systems", "ci", "docker"), "[build]")
+    systems = _string_list(build, "systems", BUILD_SYSTEMS, ["cmake"])
     if "cmake" not in systems:
         systems = ["cmake", *systems]
+    ci = _string_list(build, "ci", CI_PROVIDERS, [])
+    docker = _get(build, "docker", bool, "[build]", False)
 
     runtime = _expect_table(data.get("runtime", {}), f"{where}: [runtime]")
     _check_keys(runtime, ("device", "threads", "warmup", "iters"), "[runtime]")
@@ -270,8 +271,17 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
     if verify_spec.rtol < 0 or verify_spec.atol < 0:
         raise ScaffoldError("[verify]: rtol and atol must be >= 0")
 
-    return ProjectSpec(name=name, model=model_spec, inputs=inputs, build_systems=tuple(systems),
-                       runtime=runtime_spec, verify=verify_spec)
+    return ProjectSpec(name=name, model=model_spec, inputs=inputs, build_systems=tuple(dict.fromkeys(systems)),
+                       ci=tuple(dict.fromkeys(ci)), docker=docker, runtime=runtime_spec, verify=verify_spec)
+
+
+def _string_list(table: dict, key: str, choices: tuple[str, ...], default: list[str]) -> list[str]:
+    values = _get(table, key, list, "[build]", default)
+    for v in values:
+        if not isinstance(v, str):
+            raise ScaffoldError(f"[build].{key}: expected an array of strings, got {v!r}")
+        _choice(v, choices, f"[build].{key}")
+    return values
 
 
 def _non_negative(table: dict, key: str, where: str, default: int, minimum: int = 0) -> int:
@@ -296,15 +306,26 @@ def read_toml(path: Path) -> dict:
 
 
 def merge_flags(data: dict, *, name: str | None = None, model: str | None = None, method: str | None = None,
-                inputs: list[InputSpec] | None = None, freeze: bool | None = None) -> dict:
+                backend: str | None = None, inputs: list[InputSpec] | None = None, freeze: bool | None = None,
+                bazel: bool = False, ci: list[str] | None = None, docker: bool | None = None) -> dict:
     """Flags override the spec file, key by key (a flag's `--input` list replaces the file's inputs)."""
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     if name is not None:
-        merged.setdefault("project", {})
-        merged["project"] = {**_as_dict(merged["project"]), "name": name}
-    model_over = {k: v for k, v in (("source", model), ("method", method), ("freeze", freeze)) if v is not None}
+        merged["project"] = {**_as_dict(merged.get("project", {})), "name": name}
+    model_over = {k: v for k, v in (("source", model), ("method", method), ("backend", backend),
+                                    ("freeze", freeze)) if v is not None}
     if model_over:
         merged["model"] = {**_as_dict(merged.get("model", {})), **model_over}
+    build = _as_dict(merged.get("build", {}))
+    if bazel:
+        systems = build.get("systems", ["cmake"])
+        build = {**build, "systems": [*systems, "bazel"] if isinstance(systems, list) else systems}
+    if ci:
+        build = {**build, "ci": ci}
+    if docker is not None:
+        build = {**build, "docker": docker}
+    if build:
+        merged["build"] = build
     if inputs:
         merged["inputs"] = [_input_to_table(i) for i in inputs]
     return merged
@@ -338,8 +359,8 @@ def _toml_value(value: Any) -> str:
 
 def spec_to_toml(spec: ProjectSpec) -> str:
     """The spec a project was generated from, written back as `scaffold.toml` (re-readable by `--spec`)."""
-    lines = ["# Generated by scaffold: the spec this project was made from.",
-             "# Regenerate with: scaffold new --spec scaffold.toml --output . --force", ""]
+    lines = ["# Generated by scaffold: the spec this project was made from. To regenerate, from the directory",
+             f"# above this project: scaffold new --spec {spec.name}/scaffold.toml --output {spec.name} --force", ""]
 
     def table(title: str, values: dict) -> None:
         lines.append(f"[{title}]")
@@ -353,7 +374,7 @@ def spec_to_toml(spec: ProjectSpec) -> str:
         lines.append("[[inputs]]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in _input_to_table(i).items())
         lines.append("")
-    table("build", {"systems": list(spec.build_systems)})
+    table("build", {"systems": list(spec.build_systems), "ci": list(spec.ci), "docker": spec.docker})
     table("runtime", {"device": spec.runtime.device, "threads": spec.runtime.threads,
                       "warmup": spec.runtime.warmup, "iters": spec.runtime.iters})
     table("verify", {"rtol": spec.verify.rtol, "atol": spec.verify.atol})
