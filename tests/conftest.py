@@ -1,0 +1,66 @@
+"""Shared test helpers: run scaffold as a user would (a subprocess), and build each project flavour once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def scaffold(*args: object, cwd: Path | None = None, check: bool = True, env: dict | None = None,
+             timeout: float = 1200) -> subprocess.CompletedProcess:
+    """`python -m generator ARGS` from the repository root (so examples.models.* import), output captured."""
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "generator", *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        pytest.fail(f"scaffold {' '.join(map(str, args))} exited {proc.returncode}\n"
+                    f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+def run(cmd: list[object], cwd: Path | None = None, check: bool = True, timeout: float = 600,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          check=False, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+                    f"--- stderr\n{proc.stderr}")
+    return proc
+
+
+def run_json(binary: Path, *args: object) -> dict:
+    """Run a generated binary with --json and parse the one object it prints."""
+    proc = run([binary, "--json", *args])
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"--json printed more than one line:\n{proc.stdout}"
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="session")
+def projects(tmp_path_factory) -> Path:
+    """One directory for every project the session generates."""
+    return tmp_path_factory.mktemp("projects")
+
+
+_GENERATED: dict[str, Path] = {}
+_BUILT: set[str] = set()
+
+
+def generated(projects: Path, name: str, *new_args: object, build: bool = True) -> Path:
+    """Generate (and by default `scaffold build`) a project once per session; later calls reuse it."""
+    if name not in _GENERATED:
+        root = projects / name
+        scaffold("new", name, "--output", root, *new_args)
+        _GENERATED[name] = root
+    root = _GENERATED[name]
+    if build and name not in _BUILT:
+        scaffold("build", root)
+        _BUILT.add(name)
+    return root
