@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from generator import __version__
 from generator.errors import ScaffoldError
@@ -24,7 +25,7 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -55,7 +56,8 @@ def new(
     method: Annotated[str | None, typer.Option(
         "--method", help="trace (default) or script; script keeps data-dependent control flow.")] = None,
     backend: Annotated[str | None, typer.Option(
-        "--backend", help="torchscript (default).")] = None,
+        "--backend", help="torchscript (default) or aoti (torch.export + AOTInductor: compiled ahead of time, "
+        "usually the fastest on CPU; needs a C++ compiler at export time).")] = None,
     freeze: Annotated[bool | None, typer.Option(
         "--freeze/--no-freeze", help="torch.jit.freeze the TorchScript module (default: freeze).",
         show_default=False)] = None,
@@ -88,7 +90,7 @@ def new(
         fail(str(e))
         return
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     out.print(f"[green]created[/] {result.root} ({len(result.files)} files) for "
               f"{', '.join(f'{i.name}={i.shape_str}:{i.dtype}' for i in result.spec.inputs)}", highlight=False)
     if build:
@@ -105,8 +107,8 @@ def _build(directory: Path) -> None:
         project = open_project(directory)
         skew = check_torch_matches(project, torch_info())
         if skew:
-            err.print(f"[yellow]warning:[/] {skew}", highlight=False, soft_wrap=True)
-        configure_build_test(project, echo=lambda line: err.print(line, style="dim", highlight=False))
+            err.print(f"[yellow]warning:[/] {escape(skew)}", highlight=False, soft_wrap=True)
+        configure_build_test(project, echo=lambda line: err.print(escape(line), style="dim", highlight=False))
     except ScaffoldError as e:
         fail(str(e))
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,9 @@ def _load_torchscript(path: Path) -> ResolvedModel:
     if not path.is_file():
         raise ScaffoldError(f"model file not found: {path}")
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14: "torch.jit.load is deprecated"
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # torch raises RuntimeError or its own types; any failure means "not loadable"
         raise ScaffoldError(f"{path} is not a loadable TorchScript file: {_first_line(e)}") from None
     module.eval()

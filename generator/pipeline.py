@@ -16,7 +16,7 @@ from generator.render import render_tree, staged
 from generator.spec import ProjectSpec, spec_to_toml
 from generator.toolchain import TorchInfo, find_tool, torch_info
 
-RUNNER_SOURCES = {"torchscript": "torchscript_runner.cpp"}
+RUNNER_SOURCES = {"torchscript": "torchscript_runner.cpp", "aoti": "aoti_runner.cpp"}
 
 
 @dataclass
@@ -44,7 +44,17 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         from generator.export import torchscript
 
         return torchscript.export(resolved, spec, model_dir)
+    if spec.model.backend == "aoti":
+        from generator.export import aoti
+
+        return aoti.export(resolved, spec, model_dir)
     raise ScaffoldError(f"backend '{spec.model.backend}' is not available")  # spec validation keeps this unreachable
+
+
+def backend_label(spec: ProjectSpec, result: ExportResult) -> str:
+    if spec.model.backend == "aoti":
+        return "AOTInductor package, torch.export, frozen, compiled for the CPU"
+    return f"TorchScript, {result.manifest['method']}" + (", frozen" if spec.model.freeze else "")
 
 
 def context(spec: ProjectSpec, result: ExportResult, resolved: ResolvedModel, info: TorchInfo) -> dict:
@@ -60,7 +70,7 @@ def context(spec: ProjectSpec, result: ExportResult, resolved: ResolvedModel, in
         "cxx11_abi": int(info.cxx11_abi),
         "artifact": result.artifact.name,
         "runner_source": RUNNER_SOURCES[spec.model.backend],
-        "backend_label": f"TorchScript, {result.manifest['method']}" + (", frozen" if spec.model.freeze else ""),
+        "backend_label": backend_label(spec, result),
         "inputs": spec.inputs,
         "outputs": result.manifest["signature"]["outputs"],
         "runtime": spec.runtime,

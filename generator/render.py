@@ -60,7 +60,8 @@ def check_destination(dest: Path, force: bool) -> None:
     if force and dest.exists():
         resolved = dest.resolve()
         cwd = Path.cwd().resolve()
-        if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve() or resolved.parent == resolved:
+        protected = {cwd, *cwd.parents, Path.home().resolve()}
+        if resolved in protected:
             raise ScaffoldError(f"--force would replace {resolved}, which holds the current directory or your home; "
                                 "run scaffold from outside it or choose another --output")
 

@@ -18,7 +18,7 @@ from generator.errors import ScaffoldError
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 METHODS = ("trace", "script")
-BACKENDS = ("torchscript",)
+BACKENDS = ("torchscript", "aoti")
 BUILD_SYSTEMS = ("cmake", "bazel")
 CI_PROVIDERS = ("github",)
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -113,11 +113,7 @@ def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, defau
     value = table[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int in Python; a spec that says `threads = true` is a mistake, not 1.
-    if isinstance(value, bool) and bool not in kinds:
-        ok = False
-    else:
-        ok = isinstance(value, kinds)
-    if not ok:
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         names = " or ".join(_type_name(k) for k in kinds)
         raise ScaffoldError(f"{where}.{key}: expected {names}, got {_type_name(type(value))} {value!r}")
     return value

@@ -25,6 +25,9 @@ from generator.models import ResolvedModel
 from generator.spec import ProjectSpec
 
 ARTIFACT = "model.pt"
+# torch 2.14 marks torch.jit deprecated in favour of torch.export (our aoti backend); TorchScript still works and
+# is what libtorch's torch::jit::load reads, so the notice is noise to a user who chose this backend.
+warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.* is deprecated")
 
 
 def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> ExportResult:
@@ -33,9 +36,9 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
     eager = flatten(call(resolved.module, inputs, "the model's forward"))
     if not eager:
         raise ScaffoldError("the model's forward returned no tensors: there is nothing to deploy or check")
-    notes: list[str] = []
-
-    module = _to_torchscript(resolved, spec, inputs, notes)
+    module, tracer_warnings = _to_torchscript(resolved, spec, inputs)
+    notes = [f"tracing: {w} — the trace records one path only; if forward branches on tensor values, use "
+             "--method script" for w in tracer_warnings]
     if spec.model.freeze:
         module = _freeze(module)
 
@@ -54,7 +57,7 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
 
     traced_python = spec.model.method == "trace" and resolved.kind != "torchscript"
     if traced_python:
-        _check_second_input(resolved, loaded, spec, notes)
+        _check_other_inputs(resolved, loaded, spec, inputs, tracer_warnings)
         notes.extend(_device_constants(loaded))
 
     golden = model_dir / "golden.pt"
@@ -75,14 +78,15 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
     return ExportResult(artifact=artifact, golden=golden, manifest=manifest, warnings=notes)
 
 
-def _to_torchscript(resolved: ResolvedModel, spec: ProjectSpec, inputs: list[torch.Tensor],
-                    notes: list[str]) -> torch.jit.ScriptModule:
+def _to_torchscript(resolved: ResolvedModel, spec: ProjectSpec,
+                    inputs: list[torch.Tensor]) -> tuple[torch.jit.ScriptModule, list[str]]:
+    """The TorchScript module, and the tracer's warnings (`file:line: message`, once each)."""
     if resolved.kind == "torchscript":
-        return resolved.module  # type: ignore[return-value]
+        return resolved.module, []  # type: ignore[return-value]
     module = resolved.module
     if spec.model.method == "script":
         try:
-            return torch.jit.script(module)
+            return torch.jit.script(module), []
         except Exception as e:
             raise ScaffoldError(
                 f"torch.jit.script could not compile the model: {one_line(e)}; "
@@ -95,15 +99,9 @@ def _to_torchscript(resolved: ResolvedModel, spec: ProjectSpec, inputs: list[tor
                 traced = torch.jit.trace(module, tuple(inputs), check_trace=False, strict=False)
         except Exception as e:
             raise ScaffoldError(f"tracing failed: {one_line(e)}; try --method script") from None
-    seen = set()
-    for w in caught:
-        if issubclass(w.category, torch.jit.TracerWarning):
-            text = f"{Path(w.filename).name}:{w.lineno}: {one_line(w.message)}"
-            if text not in seen:
-                seen.add(text)
-                notes.append(f"tracing: {text} — the trace records one path only; "
-                             "if forward branches on tensor values, use --method script")
-    return traced
+    found = [f"{Path(w.filename).name}:{w.lineno}: {one_line(w.message)}" for w in caught
+             if issubclass(w.category, torch.jit.TracerWarning)]
+    return traced, list(dict.fromkeys(found))
 
 
 def _freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
@@ -115,20 +113,27 @@ def _freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
         ) from None
 
 
-def _check_second_input(resolved: ResolvedModel, loaded: Any, spec: ProjectSpec, notes: list[str]) -> None:
-    """A trace that froze a data-dependent branch still matches on its own example; a second input tells."""
-    inputs = make_inputs(spec.inputs, seed=1)
-    eager = flatten(call(resolved.module, inputs, "the model's forward"))
-    try:
-        traced = flatten(call(loaded, inputs, "the traced model"))
-    except ScaffoldError as e:
-        raise ScaffoldError(f"{e}; the trace froze something input-dependent: use --method script") from None
-    diff = compare(eager, traced, spec.verify.rtol, spec.verify.atol)
-    if diff:
-        raise ScaffoldError(
-            f"the traced model matches eager on the example input but not on a second one ({diff}): tracing froze "
-            "data-dependent control flow; use --method script"
-        )
+def _check_other_inputs(resolved: ResolvedModel, loaded: Any, spec: ProjectSpec, example: list[torch.Tensor],
+                        tracer_warnings: list[str]) -> None:
+    """A trace that froze a data-dependent branch still matches on its own example; other inputs tell.
+
+    Two fresh random draws and the example negated (branches on sign are the common case).
+    """
+    probes = [make_inputs(spec.inputs, seed=1), make_inputs(spec.inputs, seed=2),
+              [-t if t.is_floating_point() else t for t in example]]
+    for inputs in probes:
+        eager = flatten(call(resolved.module, inputs, "the model's forward"))
+        try:
+            traced = flatten(call(loaded, inputs, "the traced model"))
+        except ScaffoldError as e:
+            raise ScaffoldError(f"{e}; the trace froze something input-dependent: use --method script") from None
+        diff = compare(eager, traced, spec.verify.rtol, spec.verify.atol)
+        if diff:
+            where = f" (the tracer warned at {tracer_warnings[0]})" if tracer_warnings else ""
+            raise ScaffoldError(
+                f"the traced model matches eager on the example input but not on another one ({diff}): tracing "
+                f"froze data-dependent control flow; use --method script{where}"
+            )
 
 
 def _rejected_input(loaded: Any, spec: ProjectSpec) -> str | None:

@@ -1,0 +1,1 @@
+"""Models that exercise scaffold's checks; imported as tests.models.<module>:<attr> from the repository root."""
