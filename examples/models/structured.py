@@ -1,4 +1,4 @@
-"""Several inputs of several dtypes, and a nested output: a dict holding a tensor, a list and a scalar-like."""
+"""Several inputs of several dtypes, and a nested output: a dict of tensors, a list, and a 0-d tensor."""
 
 import torch
 from torch import nn
@@ -12,7 +12,9 @@ class Tagger(nn.Module):
         self.embed = nn.Embedding(100, 8)
         self.head = nn.Linear(8, 3)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> dict[str, object]:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], torch.Tensor]:
         h = self.embed(ids) * mask.unsqueeze(-1).float()
         logits = self.head(h) * scale.float()
-        return {"logits": logits, "extra": [logits.argmax(-1), h.mean(dim=1)], "count": mask.sum()}
+        return {"logits": logits, "pooled": h.mean(dim=1)}, [logits.argmax(-1)], mask.sum()

@@ -98,6 +98,9 @@ def _to_torchscript(resolved: ResolvedModel, spec: ProjectSpec,
             with torch.no_grad():
                 traced = torch.jit.trace(module, tuple(inputs), check_trace=False, strict=False)
         except Exception as e:
+            if "cannot infer type" in str(e):
+                raise ScaffoldError("tracing failed: TorchScript cannot type the output; return tensors, or tuples, "
+                                    "lists and dicts of them (one value type per dict)") from None
             raise ScaffoldError(f"tracing failed: {one_line(e)}; try --method script") from None
     found = [f"{Path(w.filename).name}:{w.lineno}: {one_line(w.message)}" for w in caught
              if issubclass(w.category, torch.jit.TracerWarning)]

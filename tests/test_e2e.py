@@ -1,0 +1,234 @@
+"""End to end: generate, build with real cmake + compiler against the real libtorch, run, check the numbers."""
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, generated, run, run_json, scaffold
+
+pytestmark = pytest.mark.e2e
+
+CMAKE = Path(sys.executable).parent / "cmake"
+CTEST = Path(sys.executable).parent / "ctest"
+
+
+def binary(root: Path) -> Path:
+    path = root / "build" / root.name
+    assert path.is_file(), f"{path} was not built"
+    return path
+
+
+def ctest_results(build_dir: Path) -> dict[str, bool]:
+    proc = run([CTEST, "--test-dir", build_dir, "--output-on-failure"], check=False)
+    results = dict(re.findall(r"Test\s+#\d+: (\S+) \.+\s*(Passed|\*\*\*Failed|Failed)", proc.stdout))
+    return {name: status == "Passed" for name, status in results.items()}
+
+
+def check_timing(stats: dict) -> None:
+    for key in ("load_ms", "first_call_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms"):
+        assert stats[key] > 0, key
+    assert stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    assert stats["throughput_per_s"] == pytest.approx(1000 / stats["mean_ms"], rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------- resnet18 (trace)
+
+
+@pytest.fixture(scope="module")
+def resnet(projects):
+    return generated(projects, "resnet18-app", "--model", "resnet18")
+
+
+def test_resnet_project_layout(resnet):
+    for rel in ("CMakeLists.txt", "CMakePresets.json", "CMakeUserPresets.json", "README.md", ".gitignore",
+                ".clang-format", "scaffold.toml", "src/main.cpp", "src/runner.h", "src/torchscript_runner.cpp",
+                "cmake/TorchCudaHints.cmake", "model/model.pt", "model/golden.pt", "model/manifest.json"):
+        assert (resnet / rel).is_file(), rel
+    assert "/CMakeUserPresets.json" in (resnet / ".gitignore").read_text()
+    manifest = json.loads((resnet / "model/manifest.json").read_text())
+    assert manifest["torch"]["version"] == torch.__version__
+    assert manifest["torch"]["cxx11_abi"] == torch._C._GLIBCXX_USE_CXX11_ABI
+    assert manifest["torch"]["cxx_standard"] == (20 if torch.__version__ >= "2.14" else 17)
+    assert manifest["method"] == "trace" and manifest["frozen"] is True
+    assert manifest["signature"]["inputs"] == [{"name": "x", "shape": [1, 3, 224, 224], "dtype": "float32"}]
+    assert manifest["signature"]["outputs"] == [{"name": "out", "shape": [1, 1000], "dtype": "float32"}]
+    import hashlib
+
+    assert manifest["sha256"] == hashlib.sha256((resnet / "model/model.pt").read_bytes()).hexdigest()
+
+
+def test_resnet_runs_and_prints_heads_and_latency(resnet):
+    proc = run([binary(resnet), "--iters", "5", "--warmup", "2"])
+    assert re.search(r"out \[1, 1000\] Float: -?\d", proc.stdout)
+    m = re.search(r"p50 ([\d.]+) ms, p90 ([\d.]+) ms, p99 ([\d.]+) ms", proc.stdout)
+    assert m and 0 < float(m[1]) <= float(m[2]) <= float(m[3])
+    assert re.search(r"first call [\d.]+ ms", proc.stdout)
+
+
+def test_resnet_matches_python(resnet):
+    """The C++ output equals eager PyTorch's on the golden input (checked here too, not only by the binary)."""
+    stats = run_json(binary(resnet), "--check", "--iters", "3", "--warmup", "1", "--threads", "1")
+    assert stats["parity"] is True and stats["max_abs_diff"] < 1e-3
+    assert stats["threads"] == 1 and stats["iters"] == 3
+    check_timing(stats)
+    golden = torch.load(resnet / "model" / "golden.pt")
+    import torchvision
+
+    torch.manual_seed(0)
+    eager = torchvision.models.get_model("resnet18", weights=None).eval()
+    with torch.inference_mode():
+        expected = eager(golden["inputs"][0])
+    assert torch.allclose(golden["outputs"][0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_ctest(resnet):
+    assert ctest_results(resnet / "build") == {"parity": True, "missing_model": True, "wrong_input_shape": True}
+
+
+def test_resnet_bad_runtime_input(resnet):
+    exe = binary(resnet)
+    for args, code, fragment in [
+        (["--model", resnet / "nope.pt"], 1, "error: model file not found"),
+        (["--input", "x=1x4x224x224", "--iters", "1"], 1,
+         "error: forward failed on inputs x=[1, 4, 224, 224]: RuntimeError: "),
+        (["--input", "y=1x3"], 2, "error: --input: the model has no input 'y' (inputs: x)"),
+        (["--device", "cuda:0"], 1, "error: --device cuda:0: CUDA is not available here"),
+        (["--device", "gpu"], 2, "error: --device expects cpu or cuda[:N], got 'gpu'"),
+        (["--iters", "0"], 2, "error: --iters expects an integer >= 1, got '0'"),
+        (["--frobnicate"], 2, "error: unknown option '--frobnicate'"),
+        (["--model", resnet / "model" / "golden.pt"], 1, "error: cannot load"),
+    ]:
+        if args[:2] == ["--device", "cuda:0"] and torch.cuda.is_available():
+            continue
+        proc = run([exe, *args], check=False)
+        assert proc.returncode == code, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(fragment), (args, proc.stderr)
+
+
+def test_resnet_other_batch_size(resnet):
+    proc = run([binary(resnet), "--input", "x=2x3x224x224", "--iters", "1", "--warmup", "0"])
+    assert "out [2, 1000]" in proc.stdout
+
+
+def test_resnet_parity_detects_a_wrong_model(resnet, tmp_path):
+    """--check is not a rubber stamp: a different model against the same goldens fails with exit code 3."""
+    other = torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                                 torch.nn.Linear(3, 1000)))
+    other.save(str(tmp_path / "other.pt"))
+    proc = run([binary(resnet), "--check", "--model", tmp_path / "other.pt", "--iters", "1"], check=False)
+    assert proc.returncode == 3
+    assert "error: parity check failed: out: max abs difference" in proc.stderr
+
+
+def test_scaffold_run_passes_arguments(resnet):
+    proc = scaffold("run", resnet, "--", "--iters", "2", "--warmup", "0", "--json")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["iters"] == 2
+
+
+# ----------------------------------------------------------------------------- control flow (script)
+
+
+def test_script_keeps_control_flow(projects):
+    root = generated(projects, "gate-app", "--model", "examples.models.control_flow:make_gate", "--method", "script",
+                     "--input", "x=4x8")
+    manifest = json.loads((root / "model/manifest.json").read_text())
+    assert manifest["method"] == "script"
+    assert ctest_results(root / "build")["parity"]
+    # Both branches survive in the artifact: positive and negative inputs take different paths.
+    module = torch.jit.load(str(root / "model" / "model.pt"))
+    eager = __import__("examples.models.control_flow", fromlist=["make_gate"])
+    torch.manual_seed(0)
+    reference = eager.make_gate().eval()
+    for sign in (1.0, -1.0):
+        x = sign * torch.rand(4, 8)
+        assert torch.allclose(module(x), reference(x), atol=1e-6)
+
+
+def test_trace_refuses_frozen_control_flow(tmp_path):
+    proc = scaffold("new", "gate", "--model", "examples.models.control_flow:make_gate", "--input", "x=4x8",
+                    "--output", tmp_path / "gate", check=False)
+    assert proc.returncode == 1 and "tracing froze data-dependent control flow; use --method script" in proc.stderr
+    assert re.search(r"\(the tracer warned at control_flow.py:\d+: .*Python boolean", proc.stderr)
+    assert not (tmp_path / "gate").exists()
+
+
+def test_tracer_warning_is_surfaced(tmp_path):
+    proc = scaffold("new", "warn", "--model", "tests.models.faulty:HarmlessWarning", "--input", "x=3",
+                    "--output", tmp_path / "warn")
+    assert re.search(r"warning: tracing: faulty.py:\d+: .*--method script", proc.stderr)
+
+
+def test_baked_device_is_reported(tmp_path):
+    proc = scaffold("new", "dev", "--model", "tests.models.faulty:BakedDevice", "--input", "x=2x2", "--no-freeze",
+                    "--output", tmp_path / "dev")
+    assert "warning: the trace baked device cpu into the graph" in proc.stderr
+
+
+# ---------------------------------------------------- two inputs, tuple output, the tutorial's cmake path
+
+
+def test_cell_builds_the_tutorial_way(projects):
+    """cmake -S -B -DCMAKE_PREFIX_PATH=..., no preset and no CUDA hints, warnings as errors (-Wall -Wextra)."""
+    root = generated(projects, "cell-app", "--model", "examples.models.cell:Cell", build=False)
+    build = root / "build"
+    run([CMAKE, "-S", root, "-B", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+         "-DCMAKE_COMPILE_WARNING_AS_ERROR=ON"], timeout=300)
+    run([CMAKE, "--build", build, "--config", "Release"], timeout=900)
+    assert ctest_results(build) == {"parity": True, "missing_model": True, "wrong_input_shape": True}
+    proc = run([binary(root), "--iters", "3"])
+    assert "out[0] [3, 4] Float" in proc.stdout and "out[1] [3, 4] Float" in proc.stdout
+    stats = run_json(binary(root), "--check")
+    assert stats["parity"] is True and stats["max_abs_diff"] == 0
+    golden = torch.load(root / "model" / "golden.pt")
+    assert golden["input_names"] == ["x", "h"] and golden["output_names"] == ["out[0]", "out[1]"]
+    assert torch.equal(golden["outputs"][0], golden["outputs"][1])
+
+
+def test_binary_runs_from_anywhere(projects, tmp_path):
+    """No LD_LIBRARY_PATH, another working directory: the RPATH finds libtorch, the model path is absolute."""
+    root = generated(projects, "cell-app", "--model", "examples.models.cell:Cell", build=False)
+    env = {"LD_LIBRARY_PATH": ""}
+    proc = run([binary(root), "--check", "--iters", "1"], cwd=tmp_path, env=env)
+    assert "parity: OK" in proc.stdout
+
+
+# ------------------------------------------------ many dtypes in, nested dict/list/scalar out (general case)
+
+
+def test_structured_inputs_and_outputs(projects):
+    root = generated(projects, "tagger-app", "--model", "examples.models.structured:Tagger", "--method", "script")
+    manifest = json.loads((root / "model/manifest.json").read_text())
+    names = [o["name"] for o in manifest["signature"]["outputs"]]
+    assert names == ["out[0]['logits']", "out[0]['pooled']", "out[1][0]", "out[2]"]
+    assert [i["dtype"] for i in manifest["signature"]["inputs"]] == ["int64", "bool", "float64"]
+    golden = torch.load(root / "model" / "golden.pt")
+    assert int(golden["inputs"][0].max()) < 100  # ids stay inside the embedding table
+    stats = run_json(binary(root), "--check", "--iters", "2")
+    assert stats["parity"] is True
+    proc = run([binary(root), "--iters", "1"])
+    for name in names:
+        assert name in proc.stdout
+
+
+def test_regenerate_from_the_project_spec(projects, tmp_path):
+    """The scaffold.toml a project carries regenerates the same project (copier-style answers file)."""
+    root = generated(projects, "cell-app", "--model", "examples.models.cell:Cell", build=False)
+    copy = tmp_path / "again"
+    scaffold("new", "--spec", root / "scaffold.toml", "--output", copy)
+    assert (copy / "scaffold.toml").read_text() == (root / "scaffold.toml").read_text()
+    assert (copy / "src" / "main.cpp").read_text() == (root / "src" / "main.cpp").read_text()
+    first = json.loads((root / "model/manifest.json").read_text())
+    second = json.loads((copy / "model/manifest.json").read_text())
+    assert first["sha256"] == second["sha256"]  # same seed, same weights, same artifact
+
+
+def test_new_with_build_flag(tmp_path):
+    scaffold("new", "quick", "--model", "examples.models.mlp:make_mlp", "--output", tmp_path / "quick", "--build",
+             cwd=REPO)
+    assert (tmp_path / "quick" / "build" / "quick").is_file()
+    shutil.rmtree(tmp_path / "quick")
