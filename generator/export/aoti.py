@@ -1,0 +1,131 @@
+"""AOTInductor backend: torch.export, compile ahead of time into a .pt2 package, load it back, check it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from generator.errors import ScaffoldError
+from generator.export.common import (
+    ExportResult,
+    call,
+    compare,
+    flatten,
+    make_inputs,
+    one_line,
+    save_golden,
+    sha256,
+    signature,
+)
+from generator.models import ResolvedModel
+from generator.spec import ProjectSpec
+from generator.toolchain import find_compiler
+
+ARTIFACT = "model.pt2"
+# The C++ runner names its flat outputs from this metadata entry, so parity compares names as TorchScript does.
+OUTPUT_NAMES_KEY = "scaffold_output_names"
+# A package is compiled for fixed input shapes and dtypes; the runner checks inputs against these before
+# calling into it (a wrong shape otherwise fails deep in the generated code, or reads out of bounds).
+INPUTS_KEY = "scaffold_inputs"
+C10_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "bfloat16": "BFloat16", "int64": "Long",
+             "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte", "bool": "Bool"}
+
+
+def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> ExportResult:
+    """Write model/model.pt2 and model/golden.pt; raise ScaffoldError when the package is not faithful."""
+    if resolved.kind == "torchscript":
+        raise ScaffoldError("--backend aoti needs the Python model (torch.export cannot read a TorchScript file); "
+                            "pass --model package.module:attr or a torchvision name")
+    compiler = find_compiler()
+    if compiler is None:
+        raise ScaffoldError("--backend aoti compiles C++ at export time and no C++ compiler was found: install one "
+                            "(apt-get install g++) or set CXX")
+    inputs = make_inputs(spec.inputs, seed=0)
+    eager = flatten(call(resolved.module, inputs, "the model's forward"))
+    if not eager:
+        raise ScaffoldError("the model's forward returned no tensors: there is nothing to deploy or check")
+
+    module = resolved.module
+    try:
+        with _quiet():
+            program = torch.export.export(module, tuple(inputs), strict=False)
+    except Exception as e:
+        raise ScaffoldError(
+            f"torch.export could not capture the model ({one_line(e)[:300]}): data-dependent control flow or "
+            "unsupported Python; use the TorchScript backend (--backend torchscript --method script)"
+        ) from None
+
+    artifact = model_dir / ARTIFACT
+    configs = {
+        # Freezing folds batch norm into convolutions and lets inductor pick mkldnn layouts for the weights:
+        # measured on resnet18 here, about 0.70x Python eager's latency against 1.13x without it.
+        "freezing": True,
+        "aot_inductor.metadata": {
+            OUTPUT_NAMES_KEY: "\n".join(name for name, _ in eager),
+            INPUTS_KEY: "\n".join(f"{i.name} {C10_NAMES[i.dtype]} {i.shape_str}" for i in spec.inputs),
+        },
+    }
+    try:
+        with _quiet():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(artifact), inductor_configs=configs)
+            loaded = torch._inductor.aoti_load_package(str(artifact))
+    except Exception as e:
+        raise ScaffoldError(f"AOTInductor could not compile the exported program: {one_line(e)[:300]}") from None
+
+    reloaded = flatten(call(loaded, inputs, "the AOTInductor package"))
+    diff = compare(eager, reloaded, spec.verify.rtol, spec.verify.atol)
+    if diff:
+        raise ScaffoldError(f"the AOTInductor package does not reproduce eager outputs: {diff}")
+
+    golden = model_dir / "golden.pt"
+    save_golden(golden, spec, inputs, eager)
+    max_diff = max(((a.double() - e.double()).abs().max().item() if e.numel() and e.is_floating_point() else 0.0)
+                   for (_, e), (_, a) in zip(eager, reloaded, strict=True))
+    manifest = {
+        "backend": "aoti",
+        "method": "export",
+        "frozen": True,
+        "artifact": ARTIFACT,
+        "sha256": sha256(artifact),
+        "golden": golden.name,
+        "signature": signature(spec, eager),
+        "verify": {"rtol": spec.verify.rtol, "atol": spec.verify.atol, "max_abs_diff": max_diff},
+        "inductor_configs": {k: v for k, v in configs.items() if k != "aot_inductor.metadata"},
+        "compiled_for": "cpu",
+        "rejects_input": _rejected_input(spec),
+    }
+    return ExportResult(artifact=artifact, golden=golden, manifest=manifest, warnings=[])
+
+
+def _rejected_input(spec: ProjectSpec) -> str | None:
+    """The C++ runner refuses any shape but the compiled one: every dim + 1 on the first input shows it."""
+    first = spec.inputs[0]
+    if not first.shape:
+        return None
+    return f"{first.name}={'x'.join(str(d + 1) for d in first.shape)}"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Inductor logs, warns, and its compiled C++ prints to fd 2; the user needs the result, or one line."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+            os.dup2(devnull.fileno(), 2)
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        logger.setLevel(level)
