@@ -82,6 +82,7 @@ def new(
                                              inputs=parsed_inputs, freeze=freeze, bazel=bazel, ci=ci,
                                              docker=docker), str(spec_file or "flags"))
         dest = output or Path(spec.name)
+        _preflight(bazel="bazel" in spec.build_systems, building=build)
         from generator.pipeline import create_project
 
         with err.status("starting", spinner="dots") as status:
@@ -100,14 +101,10 @@ def new(
 
 
 def _build(directory: Path) -> None:
-    from generator.build import check_torch_matches, configure_build_test, open_project
-    from generator.toolchain import torch_info
+    from generator.build import configure_build_test, open_project
 
     try:
         project = open_project(directory)
-        skew = check_torch_matches(project, torch_info())
-        if skew:
-            err.print(f"[yellow]warning:[/] {escape(skew)}", highlight=False, soft_wrap=True)
         configure_build_test(project, echo=lambda line: err.print(escape(line), style="dim", highlight=False))
     except ScaffoldError as e:
         fail(str(e))
@@ -121,7 +118,44 @@ def build(
     directory: Annotated[Path, typer.Argument(help="A project made by `scaffold new`.")] = Path("."),
 ) -> None:
     """Configure (preset 'dev', this machine's libtorch), build (Release, ninja when available), run ctest."""
+    _preflight(project=directory)
     _build(directory)
+
+
+def _preflight(*, project: Path | None = None, bazel: bool = False, building: bool = True) -> None:
+    """`scaffold doctor`'s checks before new and build: warnings print, failures stop here with the same words."""
+    from generator.doctor import preflight
+
+    report = preflight(project=project, bazel=bazel, building=building)
+    for check in report.warnings:
+        err.print(f"[yellow]warning:[/] {escape(check.message)}", highlight=False, soft_wrap=True)
+    for check in report.failures:
+        err.print(f"[bold red]error:[/] {escape(check.message)}", highlight=False, soft_wrap=True)
+    if report.failures:
+        err.print("(scaffold doctor shows every check)", style="dim", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(
+    directory: Annotated[Path | None, typer.Argument(
+        help="A project made by `scaffold new`: also check its export against the libtorch it builds with.",
+        show_default=False)] = None,
+    bazel: Annotated[bool, typer.Option("--bazel", help="Also check for Bazel (implied by a project made "
+                                        "with --bazel).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as one JSON object.")] = False,
+) -> None:
+    """Check torch, the C++ toolchain, CUDA and (given DIR) a project's export; exit 1 when something is missing."""
+    import json
+
+    from generator.doctor import diagnose, render_table
+
+    report = diagnose(directory, bazel=bazel)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        render_table(report, out)
+    raise typer.Exit(1 if report.failures else 0)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -225,3 +225,79 @@ def require_build_tools() -> tuple[Path, Path | None, Path]:
         hint = f"CXX={os.environ['CXX']} is not on PATH" if os.environ.get("CXX") else "no c++, g++ or clang++ on PATH"
         raise ScaffoldError(f"no C++ compiler found ({hint}): install one (apt-get install g++) or set CXX")
     return cmake, find_tool("ninja"), compiler
+
+
+def cmake_version(cmake: Path) -> str | None:
+    """`cmake --version`'s number, e.g. "3.31.6", or None when it does not run."""
+    try:
+        proc = subprocess.run([str(cmake), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", proc.stdout)
+    return m.group(1) if m else None
+
+
+def tool_version(tool: Path) -> str | None:
+    """The first line of `TOOL --version` (ninja, bazel, a compiler), or None when it does not run."""
+    try:
+        proc = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0].strip() if proc.returncode == 0 and lines else None
+
+
+@functools.cache
+def compiler_max_standard(compiler: Path) -> int | None:
+    """The newest C++ standard (23, 20, 17, 14) this compiler compiles a C++ file as, probed with -std=c++NN."""
+    if re.fullmatch(r"cl(\.exe)?", compiler.name, re.IGNORECASE):
+        return None  # MSVC spells it /std:c++20; not probed
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "std.cpp"
+        src.write_text("#include <cstddef>\nint main() { return 0; }\n")
+        for std in (23, 20, 17, 14):
+            try:
+                proc = subprocess.run([str(compiler), f"-std=c++{std}", "-fsyntax-only", str(src)],
+                                      capture_output=True, text=True, timeout=60, check=False)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            if proc.returncode == 0:
+                return std
+    return None
+
+
+def _libtorch_cxx11_abi(root: Path) -> bool | None:
+    """Whether libc10 uses the C++11 std::string ABI (its symbols mention __cxx11); None off Linux."""
+    lib = root / "lib" / "libc10.so"
+    if not lib.is_file():
+        return None
+    return b"__cxx11" in lib.read_bytes()
+
+
+def libtorch_info(torch_dir: Path) -> TorchInfo | None:
+    """Describe the libtorch behind a Torch_DIR (<root>/share/cmake/Torch), a pip torch or an unpacked archive."""
+    torch_dir = Path(torch_dir)
+    root = torch_dir.parent.parent.parent
+    version_file = torch_dir / "TorchConfigVersion.cmake"
+    if not version_file.is_file():
+        return None
+    m = re.search(r'PACKAGE_VERSION "([^"]+)"', version_file.read_text(encoding="utf-8", errors="replace"))
+    if not m:
+        return None
+    version, cuda = m.group(1), None
+    version_py = root / "version.py"  # a pip torch
+    build_version = root / "build-version"  # an official libtorch archive: "2.14.1+cpu"
+    if version_py.is_file():
+        text = version_py.read_text(encoding="utf-8", errors="replace")
+        v = re.search(r"__version__ = '([^']+)'", text)
+        c = re.search(r"^cuda: .*= '([\d.]+)'", text, re.MULTILINE)
+        version, cuda = (v.group(1) if v else version), (c.group(1) if c else None)
+    elif build_version.is_file():
+        version = build_version.read_text(encoding="utf-8").strip() or version
+        local = re.search(r"\+cu(\d+)(\d)$", version)
+        cuda = f"{local.group(1)}.{local.group(2)}" if local else None
+    abi = _libtorch_cxx11_abi(root)
+    std, source = probe_cxx_standard(root, version)
+    return TorchInfo(version=version, root=root, cmake_prefix=root / "share" / "cmake",
+                     cxx11_abi=True if abi is None else abi, cxx_standard=std, cxx_standard_source=source,
+                     cuda=cuda_hints(root, cuda) if cuda else None)
