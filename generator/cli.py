@@ -116,10 +116,22 @@ def _build(directory: Path) -> None:
 @app.command()
 def build(
     directory: Annotated[Path, typer.Argument(help="A project made by `scaffold new`.")] = Path("."),
+    bazel: Annotated[bool, typer.Option("--bazel", help="Build and test with Bazel instead (bazel build //..., "
+                                        "bazel test //...); the project needs `scaffold new --bazel`.")] = False,
 ) -> None:
     """Configure (preset 'dev', this machine's libtorch), build (Release, ninja when available), run ctest."""
-    _preflight(project=directory)
-    _build(directory)
+    _preflight(project=directory, bazel=bazel)
+    if not bazel:
+        _build(directory)
+        return
+    from generator.bazel import build_and_test
+
+    try:
+        binary = build_and_test(directory, echo=lambda line: err.print(line, style="dim", highlight=False))
+    except ScaffoldError as e:
+        fail(str(e))
+        return
+    out.print(f"[green]built and tested[/] {binary}", highlight=False)
 
 
 def _preflight(*, project: Path | None = None, bazel: bool = False, building: bool = True) -> None:
