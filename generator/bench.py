@@ -18,7 +18,7 @@ import torch
 
 from generator.build import Project
 from generator.errors import ScaffoldError
-from generator.export.common import call
+from generator.export.common import call, quiet
 
 
 @dataclass
@@ -57,9 +57,10 @@ def time_python(fn: Callable[[], object], warmup: int, iters: int) -> list[float
 def load_artifact(project: Project) -> Callable:
     artifact = project.root / "model" / project.manifest["artifact"]
     if project.manifest["backend"] == "aoti":
-        import torch._inductor
+        from torch._inductor import aoti_load_package
 
-        return torch._inductor.aoti_load_package(str(artifact))
+        with quiet():
+            return aoti_load_package(str(artifact))
     return torch.jit.load(str(artifact), map_location="cpu").eval()
 
 

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.e2e
 
 CMAKE = Path(sys.executable).parent / "cmake"
 CTEST = Path(sys.executable).parent / "ctest"
+GATE = ("--model", "examples.models.control_flow:make_gate", "--method", "script", "--input", "x=4x8")
 
 
 def binary(root: Path) -> Path:
@@ -134,8 +135,7 @@ def test_scaffold_run_passes_arguments(resnet):
 
 
 def test_script_keeps_control_flow(projects):
-    root = generated(projects, "gate-app", "--model", "examples.models.control_flow:make_gate", "--method", "script",
-                     "--input", "x=4x8")
+    root = generated(projects, "gate-app", *GATE)
     manifest = json.loads((root / "model/manifest.json").read_text())
     assert manifest["method"] == "script"
     assert ctest_results(root / "build")["parity"]
@@ -232,3 +232,58 @@ def test_new_with_build_flag(tmp_path):
              cwd=REPO)
     assert (tmp_path / "quick" / "build" / "quick").is_file()
     shutil.rmtree(tmp_path / "quick")
+
+
+# ------------------------------------------------------------------------ AOTInductor backend, and bench
+
+
+@pytest.fixture(scope="module")
+def aoti(projects):
+    return generated(projects, "cell-aoti", "--model", "examples.models.cell:Cell", "--backend", "aoti")
+
+
+def test_aoti_project(aoti):
+    manifest = json.loads((aoti / "model/manifest.json").read_text())
+    assert manifest["backend"] == "aoti" and manifest["artifact"] == "model.pt2"
+    assert (aoti / "src" / "aoti_runner.cpp").is_file() and not (aoti / "src" / "torchscript_runner.cpp").exists()
+    assert ctest_results(aoti / "build") == {"parity": True, "missing_model": True, "wrong_input_shape": True}
+    stats = run_json(binary(aoti), "--check", "--iters", "5")
+    assert stats["parity"] is True and stats["backend"] == "AOTInductor"
+    check_timing(stats)
+    proc = run([binary(aoti), "--iters", "1"])
+    assert "out[0] [3, 4] Float" in proc.stdout and "out[1] [3, 4] Float" in proc.stdout
+
+
+def test_aoti_refuses_other_shapes_and_devices(aoti):
+    proc = run([binary(aoti), "--input", "x=5x4", "--iters", "1"], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("error: forward failed on inputs x=[5, 4], h=[3, 4]: input x is Float 5x4 but this "
+                                   "AOTInductor package was compiled for Float 3x4 (re-export for that shape)")
+    if not torch.cuda.is_available():
+        proc = run([binary(aoti), "--device", "cuda"], check=False)
+        assert proc.returncode == 1 and proc.stderr.startswith("error: --device cuda: CUDA is not available")
+
+
+def test_aoti_refuses_data_dependent_control_flow(tmp_path):
+    proc = scaffold("new", "gate", "--model", "examples.models.control_flow:make_gate", "--input", "x=4x8",
+                    "--backend", "aoti", "--output", tmp_path / "gate", check=False)
+    assert proc.returncode == 1
+    assert "torch.export could not capture the model" in proc.stderr
+    assert "use the TorchScript backend (--backend torchscript --method script)" in proc.stderr
+    assert not (tmp_path / "gate").exists()
+
+
+@pytest.mark.parametrize("which", ["gate-app", "cell-aoti"])
+def test_bench_reports_every_variant(projects, which, aoti):
+    root = generated(projects, "gate-app", *GATE) if which == "gate-app" else aoti
+    proc = scaffold("bench", root, "--rounds", "2", "--iters", "5", "--warmup", "1", "--threads", "1", "--json")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    backend = "aoti" if which == "cell-aoti" else "torchscript"
+    assert result["project"] == which
+    assert [v["name"] for v in result["variants"]] == ["Python eager (inference_mode)", f"Python {backend} artifact",
+                                                       f"C++ {backend} binary"]
+    for v in result["variants"]:
+        assert 0 < v["p50_ms"] <= v["p90_ms"] and v["ratio_p50"] > 0
+    assert result["variants"][0]["ratio_p50"] == 1.0 and result["threads"] == 1 and result["cpp_first_call_ms"] > 0
+    table = scaffold("bench", root, "--rounds", "1", "--iters", "3").stdout
+    assert "p50 / eager" in table and f"C++ {backend} binary" in table

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +14,7 @@ from generator.export.common import (
     flatten,
     make_inputs,
     one_line,
+    quiet,
     save_golden,
     sha256,
     signature,
@@ -53,13 +49,15 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
 
     module = resolved.module
     try:
-        with _quiet():
+        with quiet():
             program = torch.export.export(module, tuple(inputs), strict=False)
     except Exception as e:
         raise ScaffoldError(
             f"torch.export could not capture the model ({one_line(e)[:300]}): data-dependent control flow or "
             "unsupported Python; use the TorchScript backend (--backend torchscript --method script)"
         ) from None
+
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
 
     artifact = model_dir / ARTIFACT
     configs = {
@@ -72,9 +70,9 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         },
     }
     try:
-        with _quiet():
-            torch._inductor.aoti_compile_and_package(program, package_path=str(artifact), inductor_configs=configs)
-            loaded = torch._inductor.aoti_load_package(str(artifact))
+        with quiet():
+            aoti_compile_and_package(program, package_path=str(artifact), inductor_configs=configs)
+            loaded = aoti_load_package(str(artifact))
     except Exception as e:
         raise ScaffoldError(f"AOTInductor could not compile the exported program: {one_line(e)[:300]}") from None
 
@@ -109,23 +107,3 @@ def _rejected_input(spec: ProjectSpec) -> str | None:
     if not first.shape:
         return None
     return f"{first.name}={'x'.join(str(d + 1) for d in first.shape)}"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Inductor logs, warns, and its compiled C++ prints to fd 2; the user needs the result, or one line."""
-    logger = logging.getLogger("torch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
-            os.dup2(devnull.fileno(), 2)
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        logger.setLevel(level)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,3 +151,23 @@ def one_line(e: object) -> str:
         if ln.split(":", 1)[0].endswith(("Error", "Exception")):
             return ln
     return lines[0]
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence torch's logs, warnings and native prints to fd 2 (inductor is chatty); errors still raise."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+            os.dup2(devnull.fileno(), 2)
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        logger.setLevel(level)
