@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -184,6 +185,45 @@ def run(
         fail(str(e))
         return
     raise typer.Exit(code)
+
+
+@app.command()
+def bench(
+    directory: Annotated[Path, typer.Argument(help="A built project.")] = Path("."),
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (each variant once per round).")] = 5,
+    iters: Annotated[int, typer.Option(min=1, help="Timed calls per variant per round.")] = 20,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls per variant per round.")] = 5,
+    threads: Annotated[int, typer.Option(min=0, help="Intra-op threads for every variant (0: physical cores).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+) -> None:
+    """Python eager vs the exported artifact in Python vs the C++ binary: p50/p90 and ratio to eager."""
+    from rich.table import Table
+
+    from generator.bench import bench as run_bench
+    from generator.build import open_project
+
+    try:
+        project = open_project(directory)
+        with err.status("benchmarking", spinner="dots") as status:
+            result = run_bench(project, rounds=rounds, iters=iters, warmup=warmup, threads=threads,
+                               progress=lambda msg: status.update(msg))
+    except ScaffoldError as e:
+        fail(str(e))
+        return
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{result['project']}: {result['rounds']} rounds x {result['iters']} iters, "
+                        f"{result['threads']} thread(s), torch {result['torch']}")
+    table.add_column("variant")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p90 ms", justify="right")
+    table.add_column("p50 / eager", justify="right")
+    for v in result["variants"]:
+        table.add_row(v["name"], f"{v['p50_ms']:.3f}", f"{v['p90_ms']:.3f}", f"{v['ratio_p50']:.2f}")
+    out.print(table)
+    out.print(f"C++ first call (load-time optimisation, excluded above): {result['cpp_first_call_ms']:.1f} ms",
+              highlight=False)
 
 
 def main() -> None:
