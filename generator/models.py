@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import sys
 import warnings
 from dataclasses import dataclass
@@ -30,6 +31,16 @@ class ResolvedModel:
     kind: str  # "torchvision" | "python" | "torchscript"
     default_inputs: tuple[InputSpec, ...] | None
     description: str
+
+    def argument_names(self) -> list[str]:
+        """forward's positional argument names, for error messages that say exactly which --input to pass."""
+        try:
+            if self.kind == "torchscript":
+                return [a.name for a in self.module.forward.schema.arguments[1:]]
+            params = inspect.signature(self.module.forward).parameters.values()
+            return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            return []
 
 
 def resolve(source: str, seed: int = 0) -> ResolvedModel:

@@ -33,9 +33,12 @@ def fill_inputs(spec: ProjectSpec, resolved: ResolvedModel) -> ProjectSpec:
         return spec
     if resolved.default_inputs:
         return spec.with_inputs(resolved.default_inputs)
+    names = resolved.argument_names()
+    example = " ".join(f"--input {n}=SHAPE[:DTYPE]" for n in names) if names else \
+        "--input x=1x3x224x224 --input ids=1x16:int64"
     raise ScaffoldError(
-        f"no inputs known for {resolved.description}: pass one --input per forward argument, in order, "
-        "e.g. --input x=1x3x224x224 --input ids=1x16:int64 (or [[inputs]] in scaffold.toml)"
+        f"no inputs known for {resolved.description}: pass one --input per forward argument, in order: {example} "
+        "(or [[inputs]] in scaffold.toml)"
     )
 
 

@@ -287,3 +287,17 @@ def test_bench_reports_every_variant(projects, which, aoti):
     assert result["variants"][0]["ratio_p50"] == 1.0 and result["threads"] == 1 and result["cpp_first_call_ms"] > 0
     table = scaffold("bench", root, "--rounds", "1", "--iters", "3").stdout
     assert "p50 / eager" in table and f"C++ {backend} binary" in table
+
+
+def test_existing_torchscript_file(tmp_path):
+    """A .pt someone already has: loaded, frozen, verified, and its argument names guide the --input error."""
+    source = tmp_path / "given.pt"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Linear(5, 2), torch.nn.Sigmoid())).save(str(source))
+    proc = scaffold("new", "given", "--model", source, "--output", tmp_path / "no", check=False)
+    assert proc.returncode == 1 and "pass one --input per forward argument, in order: --input input=SHAPE" in proc.stderr
+    scaffold("new", "given", "--model", source, "--input", "input=4x5", "--output", tmp_path / "given")
+    manifest = json.loads((tmp_path / "given/model/manifest.json").read_text())
+    assert manifest["method"] == "loaded" and manifest["signature"]["outputs"][0]["shape"] == [4, 2]
+    reloaded = torch.jit.load(str(tmp_path / "given/model/model.pt"))
+    x = torch.randn(4, 5)
+    assert torch.allclose(reloaded(x), torch.jit.load(str(source))(x))
