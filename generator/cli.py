@@ -142,9 +142,11 @@ def _preflight(*, project: Path | None = None, bazel: bool = False, building: bo
     report = preflight(project=project, bazel=bazel, building=building)
     for check in report.warnings:
         err.print(f"[yellow]warning:[/] {escape(check.message)}", highlight=False, soft_wrap=True)
-    for check in report.failures:
-        err.print(f"[bold red]error:[/] {escape(check.message)}", highlight=False, soft_wrap=True)
-    if report.failures:
+    if report.failures:  # one error line, as for every other failure; the rest follow it
+        first, *rest = report.failures
+        err.print(f"[bold red]error:[/] {escape(first.message)}", highlight=False, soft_wrap=True)
+        for check in rest:
+            err.print(f"  also: {escape(check.message)}", highlight=False, soft_wrap=True)
         err.print("(scaffold doctor shows every check)", style="dim", highlight=False)
         raise typer.Exit(1)
 

@@ -7,6 +7,7 @@ Probes come from generator.toolchain (the ones the build itself uses), never fro
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ class Check:
     @property
     def message(self) -> str:
         """The line `scaffold new`/`build` print when this check stops them."""
-        return f"{self.item}: {self.fix}" if self.fix else f"{self.item}: {self.found}"
+        text = self.fix or self.found
+        return text if self.item.lower() in text.lower() else f"{self.item}: {text}"
 
 
 @dataclass
@@ -104,7 +106,7 @@ def check_tools(info: TorchInfo | None, *, bazel: bool = False) -> list[Check]:
     cmake = find_tool("cmake")
     if cmake is None:
         checks.append(Check("tools", "cmake", FAIL, "not found",
-                            "install CMake 3.21 or newer: pip install cmake (or your OS package manager)"))
+                            "cmake not found: pip install cmake (or install it with your OS package manager)"))
     else:
         version = cmake_version(cmake)
         if version is None:
@@ -125,9 +127,10 @@ def check_tools(info: TorchInfo | None, *, bazel: bool = False) -> list[Check]:
 
     compiler = find_compiler()
     if compiler is None:
-        checks.append(Check("tools", "C++ compiler", FAIL, "not found (CXX, c++, g++, clang++)",
-                            "install a C++ compiler (apt-get install g++, xcode-select --install, or Visual Studio "
-                            "Build Tools) or set CXX"))
+        # The words of toolchain.require_build_tools, which `scaffold build` would stop with a step later.
+        hint = f"CXX={os.environ['CXX']} is not on PATH" if os.environ.get("CXX") else "no c++, g++ or clang++ on PATH"
+        checks.append(Check("tools", "C++ compiler", FAIL, "not found",
+                            f"no C++ compiler found ({hint}): install one (apt-get install g++) or set CXX"))
     else:
         first_line = tool_version(compiler) or "unknown version"
         best = compiler_max_standard(compiler)
