@@ -61,7 +61,8 @@ def load_artifact(project: Project) -> Callable:
 
         with quiet():
             return aoti_load_package(str(artifact))
-    return torch.jit.load(str(artifact), map_location="cpu").eval()
+    with quiet():  # torch 2.14: "torch.jit.load is deprecated"
+        return torch.jit.load(str(artifact), map_location="cpu").eval()
 
 
 def bench(project: Project, *, rounds: int = 5, iters: int = 20, warmup: int = 5, threads: int = 0,

@@ -87,7 +87,7 @@ def find_compiler() -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_info() -> TorchInfo:
     """Describe the torch importable here (the one whose libtorch the generated project builds against)."""
     import torch
@@ -114,7 +114,7 @@ def table_cxx_standard(version: str) -> int:
     return 20 if (major, minor) >= (2, 14) else 17
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe_cxx_standard(root: Path, version: str) -> tuple[int, str]:
     """Preprocess `#include <ATen/ATen.h>` at C++17, then C++20: the first that passes is what the headers need."""
     compiler = find_compiler()

@@ -70,7 +70,8 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         },
     }
     try:
-        with quiet():
+        # Inductor applies freezing only with grad disabled; under grad the package gets plain convolutions.
+        with quiet(), torch.no_grad():
             aoti_compile_and_package(program, package_path=str(artifact), inductor_configs=configs)
             loaded = aoti_load_package(str(artifact))
     except Exception as e:

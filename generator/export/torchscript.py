@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from generator.export.common import (
     signature,
 )
 from generator.models import ResolvedModel
-from generator.spec import ProjectSpec
+from generator.spec import FLOAT_DTYPES, ProjectSpec
 
 ARTIFACT = "model.pt"
 # torch 2.14 marks torch.jit deprecated in favour of torch.export (our aoti backend); TorchScript still works and
@@ -68,6 +69,7 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         "backend": "torchscript",
         "method": "loaded" if resolved.kind == "torchscript" else spec.model.method,
         "frozen": spec.model.freeze,
+        "channels_last_inputs": [spec.inputs[i].name for i in channels_last_positions(resolved, spec)],
         "artifact": ARTIFACT,
         "sha256": sha256(artifact),
         "golden": golden.name,
@@ -76,6 +78,28 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         "rejects_input": _rejected_input(loaded, spec),
     }
     return ExportResult(artifact=artifact, golden=golden, manifest=manifest, warnings=notes)
+
+
+class _ChannelsLast(torch.nn.Module):
+    """Moves the chosen inputs to channels-last before the wrapped model sees them (recorded in the trace)."""
+
+    def __init__(self, inner: torch.nn.Module, positions: tuple[int, ...]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.positions = positions
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self.inner(*[x.contiguous(memory_format=torch.channels_last) if i in self.positions else x
+                            for i, x in enumerate(inputs)])
+
+
+def channels_last_positions(resolved: ResolvedModel, spec: ProjectSpec) -> tuple[int, ...]:
+    """Which inputs go channels-last: 4-D float inputs of a traced Python model that has 2-D convolutions."""
+    if not spec.model.channels_last or spec.model.method != "trace" or resolved.kind == "torchscript":
+        return ()
+    if not any(isinstance(m, torch.nn.Conv2d) for m in resolved.module.modules()):
+        return ()
+    return tuple(i for i, s in enumerate(spec.inputs) if len(s.shape) == 4 and s.dtype in FLOAT_DTYPES)
 
 
 def _to_torchscript(resolved: ResolvedModel, spec: ProjectSpec,
@@ -92,6 +116,9 @@ def _to_torchscript(resolved: ResolvedModel, spec: ProjectSpec,
                 f"torch.jit.script could not compile the model: {one_line(e)}; "
                 "fix the unsupported Python construct or use --method trace"
             ) from None
+    positions = channels_last_positions(resolved, spec)
+    if positions:
+        module = _ChannelsLast(copy.deepcopy(module), positions).to(memory_format=torch.channels_last).eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", torch.jit.TracerWarning)
         try:
