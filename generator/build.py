@@ -97,7 +97,8 @@ def configure_build_test(project: Project, *, test: bool = True, extra_cmake_arg
     ctest = cmake.parent / ("ctest.exe" if platform.system() == "Windows" else "ctest")
     if not ctest.exists():
         ctest = find_tool("ctest") or ctest
-    steps = [("configure", [str(cmake), "--preset", USER_PRESET, *(extra_cmake_args or [])]),
+    fresh = ["--fresh"] if stale_torch_dir(project, info) else []
+    steps = [("configure", [str(cmake), "--preset", USER_PRESET, *fresh, *(extra_cmake_args or [])]),
              ("build", [str(cmake), "--build", "--preset", USER_PRESET, "--parallel", str(os.cpu_count() or 2)])]
     if test:
         steps.append(("test", [str(ctest), "--preset", USER_PRESET]))
@@ -106,6 +107,18 @@ def configure_build_test(project: Project, *, test: bool = True, extra_cmake_arg
         proc = subprocess.run(cmd, cwd=project.root, check=False)
         if proc.returncode != 0:
             raise ScaffoldError(f"{step} failed (exit {proc.returncode}) in {project.root}; the output above says why")
+
+
+def stale_torch_dir(project: Project, info: TorchInfo) -> bool:
+    """CMake caches Torch_DIR: after switching torch, a plain reconfigure would quietly keep the old libtorch."""
+    cache = project.build_dir / "CMakeCache.txt"
+    if not cache.is_file():
+        return False
+    for line in cache.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("Torch_DIR:"):
+            cached = Path(line.split("=", 1)[1]).resolve()
+            return not cached.is_relative_to(info.cmake_prefix.resolve())
+    return False
 
 
 def run_binary(project: Project, args: list[str]) -> int:

@@ -78,6 +78,9 @@ def context(spec: ProjectSpec, result: ExportResult, resolved: ResolvedModel, in
         "outputs": result.manifest["signature"]["outputs"],
         "runtime": spec.runtime,
         "bad_input": result.manifest.get("rejects_input"),
+        "bazel": "bazel" in spec.build_systems,
+        "ci": list(spec.ci),
+        "docker": spec.docker,
     }
 
 
