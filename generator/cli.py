@@ -54,6 +54,9 @@ def new(
     inputs: Annotated[list[str] | None, typer.Option(
         "--input", "-i", help="NAME=SHAPE[:DTYPE[:LOW..HIGH]], one per forward argument in order, e.g. "
         "x=1x3x224x224, ids=1x16:int64:0..30522. torchvision classifiers default to x=1x3x224x224.")] = None,
+    dynamic: Annotated[list[str] | None, typer.Option(
+        "--dynamic", help="NAME:DIM[,DIM]: dims of an input that may change at run time, e.g. x:0 for the batch "
+        "(compiled symbolic by --backend aoti; checked on other sizes for a trace).")] = None,
     method: Annotated[str | None, typer.Option(
         "--method", help="trace (default) or script; script keeps data-dependent control flow.")] = None,
     backend: Annotated[str | None, typer.Option(
@@ -74,11 +77,12 @@ def new(
                                                 show_default=False)] = None,
 ) -> None:
     """Export a model, check the artifact against eager PyTorch, and write a C++ project around it."""
-    from generator.spec import merge_flags, parse_input_flag, read_toml, spec_from_mapping
+    from generator.spec import merge_flags, parse_dynamic_flag, parse_input_flag, read_toml, spec_from_mapping
 
     try:
         data = read_toml(spec_file) if spec_file else {}
         parsed_inputs = [parse_input_flag(text) for text in inputs or []]
+        dynamic_dims = dict(parse_dynamic_flag(text) for text in dynamic or [])
         spec = spec_from_mapping(merge_flags(data, name=name, model=model, method=method, backend=backend,
                                              inputs=parsed_inputs, freeze=freeze, bazel=bazel, ci=ci,
                                              docker=docker), str(spec_file or "flags"))
@@ -87,7 +91,8 @@ def new(
         from generator.pipeline import create_project
 
         with err.status("starting", spinner="dots") as status:
-            result = create_project(spec, dest, force=force, progress=lambda msg: status.update(msg))
+            result = create_project(spec, dest, force=force, dynamic=dynamic_dims,
+                                    progress=lambda msg: status.update(msg))
     except ScaffoldError as e:
         fail(str(e))
         return

@@ -13,7 +13,7 @@ from generator.errors import ScaffoldError
 from generator.export.common import ExportResult, write_manifest
 from generator.models import ResolvedModel, resolve
 from generator.render import render_tree, staged
-from generator.spec import ProjectSpec, spec_to_toml
+from generator.spec import ProjectSpec, apply_dynamic, spec_to_toml
 from generator.toolchain import TorchInfo, find_tool, torch_info
 
 RUNNER_SOURCES = {"torchscript": "torchscript_runner.cpp", "aoti": "aoti_runner.cpp"}
@@ -27,12 +27,10 @@ class NewResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def fill_inputs(spec: ProjectSpec, resolved: ResolvedModel) -> ProjectSpec:
+def fill_inputs(spec: ProjectSpec, resolved: ResolvedModel, dynamic: dict[str, list[int]] | None = None) -> ProjectSpec:
     """Inputs from the spec, else the model's known defaults, else one line that says what to pass."""
-    if spec.inputs:
-        return spec
-    if resolved.default_inputs:
-        return spec.with_inputs(resolved.default_inputs)
+    if spec.inputs or resolved.default_inputs:
+        return spec.with_inputs(apply_dynamic(spec.inputs or resolved.default_inputs, dynamic or {}))
     names = resolved.argument_names()
     example = " ".join(f"--input {n}=SHAPE[:DTYPE]" for n in names) if names else \
         "--input x=1x3x224x224 --input ids=1x16:int64"
@@ -95,14 +93,14 @@ def flavours(spec: ProjectSpec) -> list[str]:
     return trees
 
 
-def create_project(spec: ProjectSpec, dest: Path, *, force: bool = False,
+def create_project(spec: ProjectSpec, dest: Path, *, force: bool = False, dynamic: dict[str, list[int]] | None = None,
                    progress: Callable[[str], None] = lambda _msg: None) -> NewResult:
     """Generate the whole project at dest, or nothing: every failure leaves the file system as it was."""
     info = torch_info()
     with staged(dest, force) as scratch:
         progress(f"resolving {spec.model.source}")
         resolved = resolve(spec.model.source)
-        spec = fill_inputs(spec, resolved)
+        spec = fill_inputs(spec, resolved, dynamic)
         model_dir = scratch / "model"
         model_dir.mkdir()
         progress(f"exporting ({spec.model.backend}, {spec.model.method}) and checking against eager")

@@ -42,10 +42,18 @@ class InputSpec:
     # Integer inputs are drawn from [low, high): token ids must stay below the vocabulary size.
     low: int = 0
     high: int = 10
+    # Dims that may change at run time (e.g. (0,) for the batch); the AOTI backend compiles them symbolic.
+    dynamic: tuple[int, ...] = ()
 
     @property
     def shape_str(self) -> str:
         return "x".join(str(d) for d in self.shape) if self.shape else "scalar"
+
+    @property
+    def pattern(self) -> str:
+        """The shape with `?` for dynamic dims, e.g. `?x3x224x224`."""
+        dims = ["?" if i in self.dynamic else str(d) for i, d in enumerate(self.shape)]
+        return "x".join(dims) if dims else "scalar"
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,7 @@ def _is_int(text: str) -> bool:
 
 
 def _input_from_table(table: dict, where: str) -> InputSpec:
-    _check_keys(table, ("name", "shape", "dtype", "range"), where)
+    _check_keys(table, ("name", "shape", "dtype", "range", "dynamic"), where)
     name = _get(table, "name", str, where)
     if name is None:
         raise ScaffoldError(f"{where}.name: required (the argument name in forward)")
@@ -203,7 +211,39 @@ def _input_from_table(table: dict, where: str) -> InputSpec:
         if dtype in FLOAT_DTYPES:
             raise ScaffoldError(f"{where}.range: only integer inputs take a range; '{name}' is {dtype}")
         low, high = rng
-    return InputSpec(name=name, shape=tuple(shape), dtype=dtype, low=low, high=high)
+    dynamic = parse_dynamic(table.get("dynamic", []), len(shape), f"{where}.dynamic")
+    return InputSpec(name=name, shape=tuple(shape), dtype=dtype, low=low, high=high, dynamic=dynamic)
+
+
+def parse_dynamic(dims: Any, rank: int, where: str) -> tuple[int, ...]:
+    """Dim indices, each within the input's rank, once each."""
+    if not isinstance(dims, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        raise ScaffoldError(f"{where}: expected an array of dim indices, e.g. [0] for the batch dim")
+    for d in dims:
+        if not 0 <= d < rank:
+            raise ScaffoldError(f"{where}: dim {d} is out of range for a {rank}-d input")
+    if len(set(dims)) != len(dims):
+        raise ScaffoldError(f"{where}: a dim is listed twice")
+    return tuple(sorted(dims))
+
+
+def parse_dynamic_flag(text: str) -> tuple[str, list[int]]:
+    """`NAME:DIM[,DIM]`, e.g. `x:0`: those dims of input NAME may change at run time."""
+    name, sep, dims = text.partition(":")
+    parts = dims.split(",") if dims else []
+    if not sep or not name or not parts or not all(_is_int(p) for p in parts):
+        raise ScaffoldError(f"--dynamic {text!r}: expected NAME:DIM[,DIM], e.g. x:0 for the batch dim of x")
+    return name, [int(p) for p in parts]
+
+
+def apply_dynamic(inputs: tuple[InputSpec, ...], flags: dict[str, list[int]]) -> tuple[InputSpec, ...]:
+    """Mark dims dynamic from --dynamic flags, once the inputs are known (they may be a model's defaults)."""
+    names = [i.name for i in inputs]
+    for name in flags:
+        if name not in names:
+            raise ScaffoldError(f"--dynamic {name}:...: the model has no input '{name}' (inputs: {', '.join(names)})")
+    return tuple(replace(i, dynamic=parse_dynamic(flags[i.name], len(i.shape), f"--dynamic {i.name}"))
+                 if i.name in flags else i for i in inputs)
 
 
 def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
@@ -339,6 +379,8 @@ def _input_to_table(i: InputSpec) -> dict:
     table: dict[str, Any] = {"name": i.name, "shape": list(i.shape), "dtype": i.dtype}
     if i.dtype not in FLOAT_DTYPES and (i.low, i.high) != ((0, 2) if i.dtype == "bool" else (0, 10)):
         table["range"] = [i.low, i.high]
+    if i.dynamic:
+        table["dynamic"] = list(i.dynamic)
     return table
 
 

@@ -239,7 +239,8 @@ def test_new_with_build_flag(tmp_path):
 
 @pytest.fixture(scope="module")
 def aoti(projects):
-    return generated(projects, "cell-aoti", "--model", "examples.models.cell:Cell", "--backend", "aoti")
+    return generated(projects, "cell-aoti", "--model", "examples.models.cell:Cell", "--backend", "aoti",
+                     "--dynamic", "x:0", "--dynamic", "h:0")
 
 
 def test_aoti_project(aoti):
@@ -254,11 +255,27 @@ def test_aoti_project(aoti):
     assert "out[0] [3, 4] Float" in proc.stdout and "out[1] [3, 4] Float" in proc.stdout
 
 
-def test_aoti_refuses_other_shapes_and_devices(aoti):
-    proc = run([binary(aoti), "--input", "x=5x4", "--iters", "1"], check=False)
+def test_aoti_dynamic_batch(aoti):
+    """Dims marked --dynamic compile symbolic: another batch size runs, a wrong fixed dim is refused."""
+    spec = (aoti / "scaffold.toml").read_text()
+    assert spec.count("dynamic = [0]") == 2
+    proc = run([binary(aoti), "--input", "x=6x4", "--input", "h=6x4", "--iters", "2"])
+    assert "out[0] [6, 4] Float" in proc.stdout
+    proc = run([binary(aoti), "--input", "x=3x5", "--iters", "1"], check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == ("error: forward failed on inputs x=[5, 4], h=[3, 4]: input x is Float 5x4 but this "
-                                   "AOTInductor package was compiled for Float 3x4 (re-export for that shape)")
+    assert proc.stderr.strip() == ("error: forward failed on inputs x=[3, 5], h=[3, 4]: input x is Float 3x5 but this "
+                                   "AOTInductor package was compiled for Float ?x4 (re-export for that shape)")
+
+
+def test_dynamic_dim_the_model_fixes_is_refused(tmp_path):
+    proc = scaffold("new", "fixed", "--model", "examples.models.cell:Cell", "--backend", "aoti", "--dynamic", "x:1",
+                    "--output", tmp_path / "fixed", check=False)
+    assert proc.returncode == 1
+    assert "dim 1 of input 'x' cannot be dynamic: torch.export found the model fixes it to 4" in proc.stderr
+    assert not (tmp_path / "fixed").exists()
+
+
+def test_aoti_refuses_other_devices(aoti):
     if not torch.cuda.is_available():
         proc = run([binary(aoti), "--device", "cuda"], check=False)
         assert proc.returncode == 1 and proc.stderr.startswith("error: --device cuda: CUDA is not available")
@@ -294,7 +311,8 @@ def test_existing_torchscript_file(tmp_path):
     source = tmp_path / "given.pt"
     torch.jit.script(torch.nn.Sequential(torch.nn.Linear(5, 2), torch.nn.Sigmoid())).save(str(source))
     proc = scaffold("new", "given", "--model", source, "--output", tmp_path / "no", check=False)
-    assert proc.returncode == 1 and "pass one --input per forward argument, in order: --input input=SHAPE" in proc.stderr
+    assert proc.returncode == 1
+    assert "pass one --input per forward argument, in order: --input input=SHAPE" in proc.stderr
     scaffold("new", "given", "--model", source, "--input", "input=4x5", "--output", tmp_path / "given")
     manifest = json.loads((tmp_path / "given/model/manifest.json").read_text())
     assert manifest["method"] == "loaded" and manifest["signature"]["outputs"][0]["shape"] == [4, 2]

@@ -7,7 +7,9 @@ import pytest
 from generator.errors import ScaffoldError
 from generator.spec import (
     InputSpec,
+    apply_dynamic,
     merge_flags,
+    parse_dynamic_flag,
     parse_input_flag,
     read_toml,
     spec_from_mapping,
@@ -104,7 +106,7 @@ def test_flags_override_file():
 
 
 def test_toml_round_trip(tmp_path):
-    original = spec(inputs=[{"name": "ids", "shape": [1, 16], "dtype": "int64", "range": [0, 30522]},
+    original = spec(inputs=[{"name": "ids", "shape": [1, 16], "dtype": "int64", "range": [0, 30522], "dynamic": [0]},
                             {"name": "mask", "shape": [1, 16], "dtype": "bool"}],
                     runtime={"threads": 4, "warmup": 3, "iters": 7, "device": "cuda:1"},
                     verify={"rtol": 1e-2, "atol": 0})
@@ -128,3 +130,24 @@ def test_toml_syntax_error_names_the_line(tmp_path):
 def test_missing_spec_file(tmp_path):
     with pytest.raises(ScaffoldError, match="spec file not found"):
         read_toml(tmp_path / "nope.toml")
+
+
+def test_dynamic_dims():
+    s = spec(inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dynamic": [0, 2]}])
+    assert s.inputs[0].dynamic == (0, 2) and s.inputs[0].pattern == "?x3x?x8"
+    with pytest.raises(ScaffoldError, match=r"\[\[inputs\]\] #1.dynamic: dim 4 is out of range for a 4-d input"):
+        spec(inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dynamic": [4]}])
+    with pytest.raises(ScaffoldError, match="listed twice"):
+        spec(inputs=[{"name": "x", "shape": [1, 3], "dynamic": [0, 0]}])
+
+
+def test_dynamic_flags():
+    assert parse_dynamic_flag("x:0") == ("x", [0])
+    assert parse_dynamic_flag("ids:0,1") == ("ids", [0, 1])
+    for bad in ("x", "x:", ":0", "x:a"):
+        with pytest.raises(ScaffoldError, match="expected NAME:DIM"):
+            parse_dynamic_flag(bad)
+    inputs = (InputSpec("x", (1, 16)), InputSpec("h", (1, 4)))
+    assert apply_dynamic(inputs, {"h": [0]})[1].dynamic == (0,)
+    with pytest.raises(ScaffoldError, match="the model has no input 'y' \\(inputs: x, h\\)"):
+        apply_dynamic(inputs, {"y": [0]})

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,12 @@ def make_inputs(specs: tuple[InputSpec, ...], seed: int) -> list[torch.Tensor]:
             t = torch.randint(spec.low, spec.high, spec.shape, generator=gen, dtype=torch.int64).to(dtype)
         tensors.append(t)
     return tensors
+
+
+def resized(inputs: tuple[InputSpec, ...], size: int) -> tuple[InputSpec, ...]:
+    """The inputs with every dynamic dim set to `size`."""
+    return tuple(replace(i, shape=tuple(size if k in i.dynamic else d for k, d in enumerate(i.shape)))
+                 for i in inputs)
 
 
 def flatten(value: Any, name: str = "out") -> list[tuple[str, torch.Tensor]]:
@@ -94,6 +100,12 @@ def compare(expected: list[tuple[str, torch.Tensor]], actual: list[tuple[str, to
         elif not torch.equal(a, e):
             return f"{name}: values differ from eager"
     return None
+
+
+def max_abs_diff(expected: list[tuple[str, torch.Tensor]], actual: list[tuple[str, torch.Tensor]]) -> float:
+    """The largest absolute difference over floating outputs (0 where there are none), for the manifest."""
+    return max(((a.double() - e.double()).abs().max().item() if e.numel() and e.is_floating_point() else 0.0)
+               for (_, e), (_, a) in zip(expected, actual, strict=True))
 
 
 def save_golden(path: Path, spec: ProjectSpec, inputs: list[torch.Tensor],
