@@ -126,7 +126,7 @@ def build(
                                         "bazel test //...); the project needs `scaffold new --bazel`.")] = False,
 ) -> None:
     """Configure (preset 'dev', this machine's libtorch), build (Release, ninja when available), run ctest."""
-    _preflight(project=directory, bazel=bazel)
+    _preflight(project=directory, bazel_required=bazel)
     if not bazel:
         _build(directory)
         return
@@ -140,11 +140,12 @@ def build(
     out.print(f"[green]built and tested[/] {binary}", highlight=False)
 
 
-def _preflight(*, project: Path | None = None, bazel: bool = False, building: bool = True) -> None:
+def _preflight(*, project: Path | None = None, bazel: bool = False, bazel_required: bool = False,
+               building: bool = True) -> None:
     """`scaffold doctor`'s checks before new and build: warnings print, failures stop here with the same words."""
     from generator.doctor import preflight
 
-    report = preflight(project=project, bazel=bazel, building=building)
+    report = preflight(project=project, bazel=bazel, bazel_required=bazel_required, building=building)
     for check in report.warnings:
         err.print(f"[yellow]warning:[/] {escape(check.message)}", highlight=False, soft_wrap=True)
     if report.failures:  # one error line, as for every other failure; the rest follow it
@@ -161,8 +162,8 @@ def doctor(
     directory: Annotated[Path | None, typer.Argument(
         help="A project made by `scaffold new`: also check its export against the libtorch it builds with.",
         show_default=False)] = None,
-    bazel: Annotated[bool, typer.Option("--bazel", help="Also check for Bazel (implied by a project made "
-                                        "with --bazel).")] = False,
+    bazel: Annotated[bool, typer.Option("--bazel", help="Also require Bazel (a project made with --bazel is "
+                                        "checked for it, as a warning).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as one JSON object.")] = False,
 ) -> None:
     """Check torch, the C++ toolchain, CUDA and (given DIR) a project's export; exit 1 when something is missing."""
@@ -170,7 +171,7 @@ def doctor(
 
     from generator.doctor import diagnose, render_table
 
-    report = diagnose(directory, bazel=bazel)
+    report = diagnose(directory, bazel_required=bazel)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -101,7 +101,8 @@ def check_torch(info: TorchInfo) -> list[Check]:
 # --- build tools -------------------------------------------------------------------------------------------
 
 
-def check_tools(info: TorchInfo | None, *, bazel: bool = False) -> list[Check]:
+def check_tools(info: TorchInfo | None, *, bazel: bool = False, bazel_required: bool = False) -> list[Check]:
+    """cmake, ninja, the compiler; bazel when asked (a failure when the build at hand is a Bazel build)."""
     checks = []
     cmake = find_tool("cmake")
     if cmake is None:
@@ -146,12 +147,15 @@ def check_tools(info: TorchInfo | None, *, bazel: bool = False) -> list[Check]:
             checks.append(Check("tools", "C++ compiler", OK,
                                 f"{first_line} at {compiler}, up to C++{best} (libtorch needs C++{need})"))
 
-    if bazel:
-        found = find_tool("bazel") or find_tool("bazelisk")
+    if bazel or bazel_required:
+        from generator.bazel import INSTALL_HINT, find_bazel
+
+        try:
+            found, problem = find_bazel(), INSTALL_HINT
+        except ScaffoldError as e:  # $BAZEL names something that is not there
+            found, problem = None, str(e)
         if found is None:
-            checks.append(Check("tools", "bazel", WARN, "not found",
-                                "the Bazel rules need Bazel to build: install Bazelisk (npm install -g "
-                                "@bazel/bazelisk); the CMake build does not need it"))
+            checks.append(Check("tools", "bazel", FAIL if bazel_required else WARN, "not found", problem))
         else:
             checks.append(Check("tools", "bazel", OK, f"{tool_version(found) or 'unknown version'} at {found}"))
     return checks
@@ -300,7 +304,8 @@ def project_build_systems(root: Path) -> tuple[str, ...]:
 # --- everything --------------------------------------------------------------------------------------------
 
 
-def diagnose(project: Path | None = None, *, bazel: bool = False, tools: bool = True) -> Report:
+def diagnose(project: Path | None = None, *, bazel: bool = False, bazel_required: bool = False,
+             tools: bool = True) -> Report:
     """All checks, in the order the table shows them."""
     info, checks = load_torch()
     if info is not None:
@@ -308,7 +313,7 @@ def diagnose(project: Path | None = None, *, bazel: bool = False, tools: bool = 
     if project is not None and not bazel:
         bazel = "bazel" in project_build_systems(project)
     if tools:
-        checks += check_tools(info, bazel=bazel)
+        checks += check_tools(info, bazel=bazel, bazel_required=bazel_required)
         if info is not None:
             checks += check_cuda(info)
     if project is not None:
@@ -316,10 +321,11 @@ def diagnose(project: Path | None = None, *, bazel: bool = False, tools: bool = 
     return Report(checks)
 
 
-def preflight(*, project: Path | None = None, bazel: bool = False, building: bool = True) -> Report:
+def preflight(*, project: Path | None = None, bazel: bool = False, bazel_required: bool = False,
+              building: bool = True) -> Report:
     """What `scaffold new` and `scaffold build` check first. Without `building` (new without --build) the build
     tools' failures are only warnings: generating a project for CI or Docker needs no compiler here."""
-    report = diagnose(project, bazel=bazel)
+    report = diagnose(project, bazel=bazel, bazel_required=bazel_required)
     if not building:
         report = Report([Check(c.area, c.item, WARN, c.found, c.fix) if c.status == FAIL and c.area in
                          ("tools", "cuda") else c for c in report.checks])

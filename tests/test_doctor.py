@@ -130,9 +130,9 @@ def test_doctor_on_something_else(tmp_path):
 
 
 def test_doctor_bazel_row():
-    report = doctor_json("--bazel")
-    bazel = rows(report)["bazel"]
+    """--bazel makes Bazel required: found, it is ok; missing (BAZEL pointing nowhere), exit 1 with the fix."""
     found = shutil.which("bazel") or shutil.which("bazelisk")
-    assert bazel["status"] == ("ok" if found else "warn")
-    if not found:
-        assert "Bazelisk" in bazel["fix"]
+    bazel = rows(doctor_json("--bazel", expect=0 if found else 1))["bazel"]
+    assert bazel["status"] == ("ok" if found else "fail")
+    missing = rows(doctor_json("--bazel", env={"BAZEL": "/nonexistent/bazel"}, expect=1))["bazel"]
+    assert missing["status"] == "fail" and "BAZEL=/nonexistent/bazel is not an executable" in missing["fix"]
