@@ -147,13 +147,18 @@ def _nvcc_root(nvcc: Path) -> Path | None:
     return Path(m.group(1).strip()).resolve() if m else None
 
 
-def _nvcc_version(nvcc: Path) -> str | None:
+def _version(tool: Path, pattern: str) -> str | None:
+    """The first group of `pattern` in what `TOOL --version` prints, or None when it does not run."""
     try:
-        proc = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=30, check=False)
+        proc = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    m = re.search(r"release (\d+\.\d+)", proc.stdout)
+    m = re.search(pattern, proc.stdout)
     return m.group(1) if m else None
+
+
+def _nvcc_version(nvcc: Path) -> str | None:
+    return _version(nvcc, r"release (\d+\.\d+)")
 
 
 def _is_toolkit(root: Path) -> bool:
@@ -229,12 +234,7 @@ def require_build_tools() -> tuple[Path, Path | None, Path]:
 
 def cmake_version(cmake: Path) -> str | None:
     """`cmake --version`'s number, e.g. "3.31.6", or None when it does not run."""
-    try:
-        proc = subprocess.run([str(cmake), "--version"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", proc.stdout)
-    return m.group(1) if m else None
+    return _version(cmake, r"version (\d+\.\d+(?:\.\d+)?)")
 
 
 def tool_version(tool: Path) -> str | None:
