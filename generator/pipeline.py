@@ -54,7 +54,8 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
 
 def backend_label(spec: ProjectSpec, result: ExportResult) -> str:
     if spec.model.backend == "aoti":
-        return "AOTInductor package, torch.export, frozen, compiled for the CPU"
+        frozen = "frozen" if result.manifest["frozen"] else "not frozen (measured faster here)"
+        return f"AOTInductor package, torch.export, {frozen}, compiled for the CPU"
     return f"TorchScript, {result.manifest['method']}" + (", frozen" if spec.model.freeze else "")
 
 
