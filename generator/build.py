@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,15 +78,6 @@ def write_user_presets(root: Path, info: TorchInfo, ninja: Path | None) -> Path:
     return path
 
 
-def check_torch_matches(project: Project, info: TorchInfo) -> str | None:
-    """The export and the libtorch it runs on should be the same torch; say so when they are not."""
-    exported = project.manifest.get("torch", {}).get("version")
-    if exported and exported.split("+")[0] != info.base_version:
-        return (f"model/ was exported with torch {exported} but this build uses libtorch {info.version}: "
-                "artifacts are not guaranteed to load across versions; re-export with the torch you deploy")
-    return None
-
-
 def configure_build_test(project: Project, *, test: bool = True, extra_cmake_args: list[str] | None = None,
                          echo=print) -> None:
     """cmake --preset dev, cmake --build --preset dev, ctest --preset dev; a failing step is one line."""
@@ -109,16 +101,19 @@ def configure_build_test(project: Project, *, test: bool = True, extra_cmake_arg
             raise ScaffoldError(f"{step} failed (exit {proc.returncode}) in {project.root}; the output above says why")
 
 
+def configured_torch_dir(root: Path) -> Path | None:
+    """The Torch_DIR a project's build/ was configured with (CMake keeps it across reconfigures)."""
+    cache = root / "build" / "CMakeCache.txt"
+    if not cache.is_file():
+        return None
+    m = re.search(r"^Torch_DIR:PATH=(.+)$", cache.read_text(encoding="utf-8", errors="replace"), re.MULTILINE)
+    return Path(m.group(1).strip()) if m and not m.group(1).endswith("-NOTFOUND") else None
+
+
 def stale_torch_dir(project: Project, info: TorchInfo) -> bool:
     """CMake caches Torch_DIR: after switching torch, a plain reconfigure would quietly keep the old libtorch."""
-    cache = project.build_dir / "CMakeCache.txt"
-    if not cache.is_file():
-        return False
-    for line in cache.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("Torch_DIR:"):
-            cached = Path(line.split("=", 1)[1]).resolve()
-            return not cached.is_relative_to(info.cmake_prefix.resolve())
-    return False
+    cached = configured_torch_dir(project.root)
+    return cached is not None and not cached.resolve().is_relative_to(info.cmake_prefix.resolve())
 
 
 def run_binary(project: Project, args: list[str]) -> int:

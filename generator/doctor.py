@@ -210,15 +210,6 @@ def check_cuda(info: TorchInfo) -> list[Check]:
 # --- a generated project -----------------------------------------------------------------------------------
 
 
-def configured_torch_dir(root: Path) -> Path | None:
-    """The Torch_DIR a project's build/ was configured with (CMake keeps it across reconfigures)."""
-    cache = root / "build" / "CMakeCache.txt"
-    if not cache.is_file():
-        return None
-    m = re.search(r"^Torch_DIR:PATH=(.+)$", cache.read_text(encoding="utf-8", errors="replace"), re.MULTILINE)
-    return Path(m.group(1).strip()) if m and not m.group(1).endswith("-NOTFOUND") else None
-
-
 def compare(manifest_torch: dict, target: TorchInfo, where: str, tag: str) -> list[Check]:
     """The export's torch (manifest) against one libtorch (`where` in a sentence, `tag` in a row name)."""
     checks = []
@@ -264,7 +255,7 @@ def compare(manifest_torch: dict, target: TorchInfo, where: str, tag: str) -> li
 
 
 def check_project(root: Path, info: TorchInfo | None) -> list[Check]:
-    from generator.build import open_project
+    from generator.build import configured_torch_dir, open_project
 
     try:
         project = open_project(root)
