@@ -12,6 +12,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from generator.errors import ScaffoldError
+from generator.textsafe import FILTERS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -36,6 +37,7 @@ def render_tree(flavour: str, context: dict, dest: Path, skip: set[str] | None =
     root = template_root()
     env = Environment(loader=FileSystemLoader(str(root)), undefined=StrictUndefined, keep_trailing_newline=True,
                       autoescape=False)
+    env.filters.update(FILTERS)
     written = []
     base = root / flavour
     for template in sorted(p for p in base.rglob("*") if p.is_file()):
