@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from generator.errors import ScaffoldError
+from generator.toolchain import run_process
 
 INSTALL_HINT = (
     "bazel not found: install Bazel 7 or later (bazelisk: `npm install -g @bazel/bazelisk`, or "
@@ -86,12 +86,11 @@ def build_and_test(directory: Path, *, echo: Callable[[str], None] = print) -> P
     for step, args in (("build", ["build", "//..."]), ("test", ["test", "//..."])):
         cmd = [str(bazel), *args]
         echo(f"$ {' '.join(cmd)}")
-        proc = subprocess.run(cmd, cwd=project.root, check=False)
+        proc = run_process(cmd, capture=False, cwd=project.root)  # own process group: killed on a signal
         if proc.returncode != 0:
             raise ScaffoldError(f"bazel {step} failed (exit {proc.returncode}) in {project.root}; "
                                 "the output above says why")
-    info = subprocess.run([str(bazel), "info", "bazel-bin"], cwd=project.root, capture_output=True, text=True,
-                          check=False)
+    info = run_process([str(bazel), "info", "bazel-bin"], cwd=project.root)
     bin_dir = Path(info.stdout.strip()) if info.returncode == 0 and info.stdout.strip() else project.root / "bazel-bin"
     return bin_dir / "app"
 

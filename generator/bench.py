@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ import torch
 
 from generator.build import Project
 from generator.errors import ScaffoldError
-from generator.export.common import call, quiet
+from generator.export.common import call, one_line, quiet
+from generator.toolchain import run_process
 
 
 @dataclass
@@ -65,23 +65,41 @@ def load_artifact(project: Project) -> Callable:
         return torch.jit.load(str(artifact), map_location="cpu").eval()
 
 
+def load_golden_inputs(path: Path) -> list[torch.Tensor]:
+    """golden.pt's example inputs. weights_only: a golden file is data, and unpickling arbitrary objects from
+    a file would run code; anything unreadable or of the wrong shape is one line."""
+    try:
+        golden = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ScaffoldError(f"{path} is missing: regenerate the project (scaffold new ... --force)") from None
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        raise ScaffoldError(f"{path} is not a readable golden file ({type(e).__name__}: {one_line(e)[:200]}); "
+                            "regenerate the project") from None
+    inputs = golden.get("inputs") if isinstance(golden, dict) else None
+    if not isinstance(inputs, list) or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise ScaffoldError(f"{path}: 'inputs' is not a list of tensors; regenerate the project")
+    return inputs
+
+
 def bench(project: Project, *, rounds: int = 5, iters: int = 20, warmup: int = 5, threads: int = 0,
           progress: Callable[[str], None] = lambda _m: None) -> dict:
     """Measure every variant in interleaved rounds; return p50/p90 (median over rounds) and ratios to eager."""
     from generator.models import resolve
-    from generator.spec import read_toml, spec_from_mapping
+    from generator.spec import anchor_paths, read_toml, spec_from_mapping
 
+    # Paths in scaffold.toml (the weights file) are relative to the project directory.
+    spec = spec_from_mapping(anchor_paths(read_toml(project.root / "scaffold.toml"), project.root))
+    inputs = load_golden_inputs(project.root / "model" / "golden.pt")
     binary = project.binary()
     if binary is None:
         raise ScaffoldError(f"{project.name} is not built yet: run `scaffold build {project.root}` first")
-    spec = spec_from_mapping(read_toml(project.root / "scaffold.toml"))
-    golden = torch.load(project.root / "model" / "golden.pt")
-    inputs = golden["inputs"]
     threads = threads or _physical_cores()
     torch.set_num_threads(threads)
 
     progress(f"loading {spec.model.source}")
-    eager_model = resolve(spec.model.source).module
+    # The same trained weights as the artifact (a weights enum may also change the architecture: num_classes).
+    eager_model = resolve(spec.model.source, weights=spec.model.weights,
+                          weights_strict=spec.model.weights_strict).module
     artifact_model = load_artifact(project)
     backend = project.manifest["backend"]
     eager = Variant("Python eager (inference_mode)")
@@ -100,11 +118,16 @@ def bench(project: Project, *, rounds: int = 5, iters: int = 20, warmup: int = 5
         progress(f"round {r + 1}/{rounds}")
         run_python(eager_model, eager)
         run_python(artifact_model, exported)
-        proc = subprocess.run([str(binary), "--json", "--threads", str(threads), "--warmup", str(warmup),
-                               "--iters", str(iters)], capture_output=True, text=True, check=False)
+        proc = run_process([str(binary), "--json", "--threads", str(threads), "--warmup", str(warmup),
+                            "--iters", str(iters)])
         if proc.returncode != 0:
-            raise ScaffoldError(f"{binary.name} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-        stats = json.loads(proc.stdout.strip().splitlines()[-1])
+            detail = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()[-1]
+            raise ScaffoldError(f"{binary.name} failed: {detail}")
+        try:
+            stats = json.loads(proc.stdout.strip().splitlines()[-1])
+            float(stats["p50_ms"]), float(stats["p90_ms"]), float(stats["first_call_ms"])
+        except (IndexError, ValueError, KeyError, TypeError):
+            raise ScaffoldError(f"{binary.name} --json printed no timing object; rebuild it (scaffold build)") from None
         native.p50s.append(stats["p50_ms"])
         native.p90s.append(stats["p90_ms"])
         first_calls.append(stats["first_call_ms"])

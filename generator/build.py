@@ -6,13 +6,12 @@ import json
 import os
 import platform
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from generator.errors import ScaffoldError
 from generator.spec import read_toml, spec_from_mapping
-from generator.toolchain import TorchInfo, find_tool, require_build_tools, torch_info
+from generator.toolchain import TorchInfo, find_tool, require_build_tools, run_process, torch_info
 
 USER_PRESET = "dev"
 
@@ -48,9 +47,37 @@ def open_project(root: Path) -> Project:
     spec = spec_from_mapping(read_toml(spec_file), str(spec_file))
     try:
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ScaffoldError(f"{manifest_file} is not valid JSON: {e}") from None
+    except (OSError, RecursionError) as e:
+        raise ScaffoldError(f"cannot read {manifest_file}: {getattr(e, 'strerror', None) or e}") from None
+    check_manifest(manifest, manifest_file)
     return Project(root=root.resolve(), name=spec.name, manifest=manifest)
+
+
+def check_manifest(manifest: object, path: Path) -> None:
+    """The keys scaffold reads back (build, bench, doctor), with their types: a hand-edited or truncated
+    manifest is one line naming the key, not a KeyError later."""
+    from generator.spec import BACKENDS
+
+    def bad(key: str, expected: str) -> ScaffoldError:
+        return ScaffoldError(f"{path}: {key}: expected {expected}; regenerate the project with scaffold new")
+
+    if not isinstance(manifest, dict):
+        raise bad("the top level", "a JSON object")
+    artifact = manifest.get("artifact")
+    if not isinstance(artifact, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", artifact) or artifact in (".", ".."):
+        raise bad("artifact", "the artifact's file name in model/ (model.pt or model.pt2)")
+    if manifest.get("backend") not in BACKENDS:
+        raise bad("backend", f"one of {', '.join(BACKENDS)}")
+    torch_info_ = manifest.get("torch")
+    if not isinstance(torch_info_, dict):
+        raise bad("torch", "an object with version, cuda, cxx11_abi, cxx_standard")
+    checks = {"version": (str,), "cuda": (str, type(None)), "cxx11_abi": (bool,), "cxx_standard": (int,)}
+    for key, kinds in checks.items():
+        value = torch_info_.get(key)
+        if key in torch_info_ and (not isinstance(value, kinds) or (key == "cxx_standard" and isinstance(value, bool))):
+            raise bad(f"torch.{key}", " or ".join("null" if k is type(None) else k.__name__ for k in kinds))
 
 
 def user_presets(info: TorchInfo, ninja: Path | None) -> dict:
@@ -74,7 +101,11 @@ def user_presets(info: TorchInfo, ninja: Path | None) -> dict:
 
 def write_user_presets(root: Path, info: TorchInfo, ninja: Path | None) -> Path:
     path = root / "CMakeUserPresets.json"
-    path.write_text(json.dumps(user_presets(info, ninja), indent=2) + "\n", encoding="utf-8")
+    try:
+        path.write_text(json.dumps(user_presets(info, ninja), indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise ScaffoldError(f"cannot write {path}: {e.strerror}; the project directory must be writable to "
+                            "build in it (copy it somewhere writable)") from None
     return path
 
 
@@ -96,7 +127,7 @@ def configure_build_test(project: Project, *, test: bool = True, extra_cmake_arg
         steps.append(("test", [str(ctest), "--preset", USER_PRESET]))
     for step, cmd in steps:
         echo(f"$ {' '.join(cmd)}")
-        proc = subprocess.run(cmd, cwd=project.root, check=False)
+        proc = run_process(cmd, capture=False, cwd=project.root)  # its own process group: killed on a signal
         if proc.returncode != 0:
             raise ScaffoldError(f"{step} failed (exit {proc.returncode}) in {project.root}; the output above says why")
 
@@ -120,4 +151,4 @@ def run_binary(project: Project, args: list[str]) -> int:
     binary = project.binary()
     if binary is None:
         raise ScaffoldError(f"{project.name} is not built yet: run `scaffold build {project.root}` first")
-    return subprocess.run([str(binary), *args], check=False).returncode
+    return run_process([str(binary), *args], capture=False).returncode

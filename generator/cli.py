@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from generator import __version__
-from generator.errors import ScaffoldError
+from generator.errors import Interrupted, ScaffoldError, is_interrupt, user_code_failure
+from generator.textsafe import CONTROL_RE
 
 app = typer.Typer(
     name="scaffold",
@@ -26,6 +28,8 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> None:
+    # One line whatever the message quotes (a path with a newline in it): control characters are shown escaped.
+    message = CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), message)
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -65,10 +69,18 @@ def new(
     freeze: Annotated[bool | None, typer.Option(
         "--freeze/--no-freeze", help="torch.jit.freeze the TorchScript module (default: freeze).",
         show_default=False)] = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="Trained weights loaded before export: a state_dict .pt/.pth (or a checkpoint dict "
+        "holding one), a .safetensors file, or for a torchvision model a weights name (DEFAULT, IMAGENET1K_V1).",
+        show_default=False)] = None,
+    weights_strict: Annotated[bool | None, typer.Option(
+        "--weights-strict/--no-weights-strict", help="Every model tensor must come from the weights file, shapes "
+        "equal (default); --no-weights-strict loads what fits and warns.", show_default=False)] = None,
     spec_file: Annotated[Path | None, typer.Option(
         "--spec", help="A scaffold.toml holding all of the above; flags override it.", dir_okay=False)] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: ./NAME).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the output directory if scaffold made it (never "
+                                        "$HOME, the current directory or a mount point).")] = False,
     build: Annotated[bool, typer.Option("--build", help="Run `scaffold build` on the new project.")] = False,
     bazel: Annotated[bool, typer.Option("--bazel", help="Also generate Bazel rules (MODULE.bazel, WORKSPACE, "
                                         "BUILD.bazel) beside CMake.")] = False,
@@ -77,22 +89,43 @@ def new(
                                                 show_default=False)] = None,
 ) -> None:
     """Export a model, check the artifact against eager PyTorch, and write a C++ project around it."""
-    from generator.spec import merge_flags, parse_dynamic_flag, parse_input_flag, read_toml, spec_from_mapping
+    from generator.spec import (
+        anchor_paths,
+        merge_flags,
+        parse_dynamic_flag,
+        parse_input_flag,
+        read_toml,
+        spec_from_mapping,
+    )
 
     try:
-        data = read_toml(spec_file) if spec_file else {}
+        # A spec file's relative paths are relative to its directory; a flag's to the current one.
+        data = anchor_paths(read_toml(spec_file), spec_file.parent) if spec_file else {}
+        if weights:
+            weights = anchor_paths({"model": {"weights": weights}}, Path.cwd())["model"]["weights"]
         parsed_inputs = [parse_input_flag(text) for text in inputs or []]
         dynamic_dims = dict(parse_dynamic_flag(text) for text in dynamic or [])
         spec = spec_from_mapping(merge_flags(data, name=name, model=model, method=method, backend=backend,
                                              inputs=parsed_inputs, freeze=freeze, bazel=bazel, ci=ci,
-                                             docker=docker), str(spec_file or "flags"))
+                                             docker=docker, weights=weights, weights_strict=weights_strict),
+                                 str(spec_file or "flags"))
         dest = output or Path(spec.name)
         _preflight(bazel="bazel" in spec.build_systems, building=build)
         from generator.pipeline import create_project
 
+        step = ["starting"]
+
+        def progress(msg: str) -> None:
+            step[0] = msg
+            status.update(msg)
+
         with err.status("starting", spinner="dots") as status:
-            result = create_project(spec, dest, force=force, dynamic=dynamic_dims,
-                                    progress=lambda msg: status.update(msg))
+            try:
+                result = create_project(spec, dest, force=force, dynamic=dynamic_dims, progress=progress)
+            except BaseException as e:  # sys.exit() in the model's code must not end scaffold silently
+                if isinstance(e, Exception) or is_interrupt(e):
+                    raise
+                raise user_code_failure(e, f"the model's code, while {step[0]},") from None
     except ScaffoldError as e:
         fail(str(e))
         return
@@ -138,6 +171,97 @@ def build(
         fail(str(e))
         return
     out.print(f"[green]built and tested[/] {binary}", highlight=False)
+
+
+@app.command()
+def update(
+    directory: Annotated[Path, typer.Argument(help="A project made by `scaffold new`.")] = Path("."),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A new model source (as for `new`).",
+                                              show_default=False)] = None,
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", "-i", help="NAME=SHAPE[:DTYPE[:LOW..HIGH]], one per forward argument (replaces the spec's).",
+        show_default=False)] = None,
+    dynamic: Annotated[list[str] | None, typer.Option("--dynamic", help="NAME:DIM[,DIM], as for `new`.",
+                                                      show_default=False)] = None,
+    method: Annotated[str | None, typer.Option("--method", help="trace or script.", show_default=False)] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="torchscript or aoti.", show_default=False)] = None,
+    freeze: Annotated[bool | None, typer.Option("--freeze/--no-freeze", help="torch.jit.freeze (TorchScript).",
+                                                show_default=False)] = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="Trained weights to load before export (a file, or a torchvision weights name), as for "
+        "`new`: the weekly retrain.", show_default=False)] = None,
+    weights_strict: Annotated[bool | None, typer.Option(
+        "--weights-strict/--no-weights-strict", help="Every model tensor must come from the weights file.",
+        show_default=False)] = None,
+    bazel: Annotated[bool, typer.Option("--bazel", help="Add Bazel rules.")] = False,
+    ci: Annotated[list[str] | None, typer.Option("--ci", help="Add a CI build matrix: github.",
+                                                 show_default=False)] = None,
+    docker: Annotated[bool | None, typer.Option("--docker/--no-docker", help="Add (or drop) the Dockerfile.",
+                                                show_default=False)] = None,
+    model_only: Annotated[bool, typer.Option("--model-only", help="Re-export model/ and touch nothing else (the "
+                                             "spec too, when flags change it); refused if the signature "
+                                             "changes.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
+    allow_dirty: Annotated[bool, typer.Option("--allow-dirty", help="Run even when git shows uncommitted changes "
+                                              "in the project.")] = False,
+) -> None:
+    """Re-export the model and re-render the project with this scaffold, keeping your edits (three-way merge).
+
+    Flags change the spec as for `new` and are saved in scaffold.toml.
+
+    Exit status: 0 done; 1 error, the project left as it was; 3 done, with conflicts to resolve (listed).
+    """
+    from generator.spec import anchor_paths, parse_dynamic_flag, parse_input_flag
+    from generator.update import CONFLICT_EXIT, update_project
+
+    try:
+        if weights:  # relative to where the user stands, as for `new`
+            weights = anchor_paths({"model": {"weights": weights}}, Path.cwd())["model"]["weights"]
+        flags = {"model": model, "method": method, "backend": backend, "freeze": freeze, "weights": weights,
+                 "weights_strict": weights_strict, "bazel": bazel or None, "ci": ci, "docker": docker,
+                 "inputs": [parse_input_flag(text) for text in inputs or []]}
+        dynamic_dims = dict(parse_dynamic_flag(text) for text in dynamic or [])
+        _preflight(building=False)
+        step = ["starting"]
+
+        def progress(msg: str) -> None:
+            step[0] = msg
+            status.update(msg)
+
+        with err.status("starting", spinner="dots") as status:
+            try:
+                result = update_project(directory, flags=flags, dynamic=dynamic_dims, model_only=model_only,
+                                        dry_run=dry_run, allow_dirty=allow_dirty, progress=progress)
+            except BaseException as e:  # sys.exit() in the model's code must not end scaffold silently
+                if isinstance(e, Exception) or is_interrupt(e):
+                    raise
+                raise user_code_failure(e, f"the model's code, while {step[0]},") from None
+    except ScaffoldError as e:
+        fail(str(e))
+        return
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    would = "would be " if dry_run else ""
+    out.print(f"model/ {would}re-exported: {escape(result.model_note)}", highlight=False)
+    if result.signature_change:
+        fields = f"fields {result.field_change}" if result.field_change else "same fields, other shapes or dtypes"
+        out.print(f"[yellow]signature changed:[/] {escape(result.signature_change)}: the typed Inputs/Outputs in "
+                  f"include/{result.spec.name}/model.h follow it ({escape(fields)}), so code that fills Inputs or "
+                  "reads Outputs may need editing", highlight=False, soft_wrap=True)
+    for change in result.changes:
+        if change.action != "unchanged":
+            note = f"  ({escape(change.note)})" if change.note else ""
+            out.print(f"  {would}{change.action:<11} {escape(change.path)}{note}", highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{result.count(a)} {a}" for a in ("updated", "merged", "conflicted", "unchanged", "kept",
+                                                          "added", "removed"))
+    out.print(f"{'dry run, nothing written' if dry_run else 'updated'} {escape(str(result.root))}: model "
+              f"{would}re-exported, {counts}", highlight=False)
+    if result.conflicts:
+        err.print(f"[yellow]warning:[/] {len(result.conflicts)} file(s) {'would need' if dry_run else 'need'} your "
+                  f"attention: {', '.join(c.path for c in result.conflicts)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(CONFLICT_EXIT)
+    if not dry_run:
+        out.print(f"next: scaffold build {escape(str(result.root))}", highlight=False)
 
 
 def _preflight(*, project: Path | None = None, bazel: bool = False, bazel_required: bool = False,
@@ -234,9 +358,31 @@ def bench(
               highlight=False)
 
 
+def _on_signal(signum: int, _frame: object) -> None:
+    """SIGINT, SIGTERM, SIGHUP: unwind like an exception, so staging directories, temporary files and child
+    processes are cleaned up on the way out; further signals wait for that cleanup."""
+    for other in _SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
+    from generator.toolchain import stop_descendants
+
+    stop_descendants()  # now, while grandchildren (a compiler's cc1plus) still hang below this process
+    raise Interrupted(signum)
+
+
+_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+
+
 def main() -> None:
+    """The console script: exit 128+N on signal N (130 Ctrl-C, 143 SIGTERM) after one line, `interrupted`."""
+    for signum in _SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup'd runs keep ignoring SIGHUP
+            signal.signal(signum, _on_signal)
     try:
         app()
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        for other in _SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+        sys.exit(128 + signum)

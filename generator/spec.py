@@ -7,29 +7,52 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import os
 import re
+import reprlib
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from generator.errors import ScaffoldError
+from generator.textsafe import CONTROL_RE, has_control
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 METHODS = ("trace", "script")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# A torchvision weights enum member, alone (DEFAULT, IMAGENET1K_V1) or qualified (ResNet18_Weights.IMAGENET1K_V1).
+WEIGHTS_ENUM_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]*_Weights\.)?[A-Z][A-Z0-9_]*$")
 BACKENDS = ("torchscript", "aoti")
 BUILD_SYSTEMS = ("cmake", "bazel")
 CI_PROVIDERS = ("github",)
-DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]{1,4})?")  # always re.fullmatch: `$` lets "cpu\n" through
 # CMake reserves these target names (and `torch`/`c10` clash with libtorch's imported targets).
 RESERVED_NAMES = {
     "all", "clean", "help", "install", "test", "package", "package_source", "edit_cache", "rebuild_cache",
     "list_install_components", "all_build", "zero_check", "run_tests", "torch", "c10", "caffe2", "model",
     "build", "src", "tests",
+    # more CMake targets (CMP0037), and directories CMake and CTest make in the build tree beside the binary
+    "preinstall", "install_local", "install_strip", "cmakefiles", "testing",
+    # file names Windows refuses (the CI matrix builds there)
+    "con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10)),
 }
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Bounds on every number the spec carries: the C++ side reads them as int, and absurd shapes must fail here,
+# before anything is allocated.
+MAX_INPUTS = 1024
+MAX_RANK = 16
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**31  # per input: 8 GiB of float32
+MAX_THREADS = 4096
+MAX_COUNT = 10**9  # warmup, iters: fits a C++ int
+MAX_TOLERANCE = 1e6
+MAX_STRING = 4096
+INT_RANGES = {"uint8": (0, 2**8), "int8": (-(2**7), 2**7), "int16": (-(2**15), 2**15), "int32": (-(2**31), 2**31),
+              "int64": (-(2**63), 2**63 - 1), "bool": (0, 2)}  # [low, high): what torch.randint can draw
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+INPUT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,24 @@ class ModelSpec:
     # Traced models with 2-D convolutions get their 4-D float inputs and weights in channels-last layout, which
     # takes libtorch's oneDNN convolution path: resnet18 on 2 threads, 0.77x eager against 0.93x without it.
     channels_last: bool = True
+    # Trained weights loaded before export: a file (absolute once validated: relative paths are anchored to the
+    # spec file's directory or the cwd, see anchor_paths) or a torchvision weights enum name such as DEFAULT.
+    weights: str | None = None
+    weights_strict: bool = True
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """`[preprocess]`: how an image becomes the model's input; unset keys come from the torchvision weights."""
+
+    input: str | None = None  # which input the image feeds (default: the first)
+    resize: tuple[int, ...] | None = None  # (S,): the shorter side to S; (H, W): exactly
+    crop: tuple[int, ...] | None = None  # center crop (H, W)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None  # bilinear | bicubic | nearest
+    antialias: bool | None = None
+    labels: str | tuple[str, ...] | None = None  # a file with one class name per line (absolute), or the names
 
 
 @dataclass(frozen=True)
@@ -91,6 +132,7 @@ class ProjectSpec:
     docker: bool = False  # generate a multi-stage Dockerfile
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     verify: VerifySpec = field(default_factory=VerifySpec)
+    preprocess: PreprocessSpec | None = None
 
     def with_inputs(self, inputs: tuple[InputSpec, ...]) -> ProjectSpec:
         return replace(self, inputs=inputs)
@@ -99,9 +141,45 @@ class ProjectSpec:
 # --------------------------------------------------------------------------------------------- parsing
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
 def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for an error message: control characters escaped (the message stays one line), long ones cut."""
+    text = value if isinstance(value, str) else _REPR.repr(value)
+    text = CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def reject_control(data: Any, where: str = "spec") -> None:
+    """Every string of the spec, keys included, at any depth: no control characters (a newline in a path would
+    end a CMake comment or string and run what follows), and none absurdly long. Iterative: nesting depth is
+    the caller's input."""
+    stack: list[tuple[Any, str, int]] = [(data, where, 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if has_control(value):
+                raise ScaffoldError(f"{path}: control characters (newline, tab, ...) are not allowed: '{_show(value)}'")
+            if len(value) > MAX_STRING:
+                raise ScaffoldError(f"{path}: longer than {MAX_STRING} characters")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and has_control(key):
+                    raise ScaffoldError(f"{path}: a key holds control characters: '{_show(key)}'")
+                if depth == 0:  # name keys the way the TOML file spells them: [model].source, [[inputs]] #2.name
+                    stack.append((item, "[[inputs]]" if key == "inputs" else f"[{key}]", 1))
+                else:
+                    stack.append((item, f"{path}.{key}", depth + 1))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                stack.append((item, f"{path} #{i + 1}" if path == "[[inputs]]" else f"{path}[{i}]", depth + 1))
 
 
 def _expect_table(value: Any, where: str) -> dict:
@@ -114,7 +192,8 @@ def _check_keys(table: dict, allowed: tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
             raise ScaffoldError(
-                f"{where}: unknown key '{key}'{_suggest(key, allowed)}; expected one of: {', '.join(allowed)}"
+                f"{where}: unknown key '{_show(key)}'{_suggest(str(key), allowed)}; expected one of: "
+                f"{', '.join(allowed)}"
             )
 
 
@@ -126,7 +205,8 @@ def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, defau
     # bool is an int in Python; a spec that says `threads = true` is a mistake, not 1.
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         names = " or ".join(_type_name(k) for k in kinds)
-        raise ScaffoldError(f"{where}.{key}: expected {names}, got {_type_name(type(value))} {value!r}")
+        shown = _show(repr(value) if isinstance(value, str) else value)
+        raise ScaffoldError(f"{where}.{key}: expected {names}, got {_type_name(type(value))} {shown}")
     return value
 
 
@@ -137,15 +217,16 @@ def _type_name(kind: type) -> str:
 
 def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
     if value not in choices:
-        raise ScaffoldError(f"{where}: expected one of {', '.join(choices)}; got '{value}'{_suggest(value, choices)}")
+        raise ScaffoldError(f"{where}: expected one of {', '.join(choices)}; got '{_show(value)}'"
+                            f"{_suggest(value, choices)}")
     return value
 
 
 def validate_name(name: str, where: str = "project name") -> str:
     """A project name becomes a directory, a CMake project and target, and a binary name."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ScaffoldError(
-            f"{where} '{name}' is not usable: start with a letter, then letters, digits, '-' or '_' (64 at most)"
+            f"{where} '{_show(name)}' is not usable: start with a letter, then letters, digits, '-' or '_' (64 at most)"
         )
     if name.lower() in RESERVED_NAMES:
         raise ScaffoldError(f"{where} '{name}' is reserved by CMake or libtorch; choose another name")
@@ -158,15 +239,17 @@ def parse_shape(text: str, where: str) -> tuple[int, ...]:
         return ()
     dims = []
     for part in text.lower().split("x"):
-        if not part.isdigit() or int(part) <= 0:
-            raise ScaffoldError(f"{where}: shape '{text}' must be positive integers joined by 'x', e.g. 1x3x224x224")
+        # [0-9], not isdigit(): '²' is a digit to Python but not to int(); 10 digits bound the size of int()
+        if not re.fullmatch(r"[0-9]{1,10}", part) or int(part) <= 0:
+            raise ScaffoldError(f"{where}: shape '{_show(text)}' must be positive integers joined by 'x', "
+                                "e.g. 1x3x224x224")
         dims.append(int(part))
     return tuple(dims)
 
 
 def parse_input_flag(text: str) -> InputSpec:
     """`NAME=SHAPE[:DTYPE[:LOW..HIGH]]`, e.g. `x=1x3x224x224`, `ids=1x16:int64:0..30522`."""
-    where = f"--input {text!r}"
+    where = f"--input {_show(repr(text))}"
     name, sep, rest = text.partition("=")
     if not sep or not name:
         raise ScaffoldError(f"{where}: expected NAME=SHAPE[:DTYPE], e.g. x=1x3x224x224 or ids=1x16:int64")
@@ -185,7 +268,7 @@ def parse_input_flag(text: str) -> InputSpec:
 
 
 def _is_int(text: str) -> bool:
-    return bool(re.fullmatch(r"-?\d+", text))
+    return bool(re.fullmatch(r"-?[0-9]{1,20}", text))
 
 
 def _input_from_table(table: dict, where: str) -> InputSpec:
@@ -193,14 +276,15 @@ def _input_from_table(table: dict, where: str) -> InputSpec:
     name = _get(table, "name", str, where)
     if name is None:
         raise ScaffoldError(f"{where}.name: required (the argument name in forward)")
-    if not INPUT_NAME_RE.match(name):
-        raise ScaffoldError(f"{where}.name: '{name}' must be an identifier (letters, digits, '_')")
+    if not INPUT_NAME_RE.fullmatch(name):
+        raise ScaffoldError(f"{where}.name: '{_show(name)}' must be an identifier (letters, digits, '_'; 128 at most)")
     shape = table.get("shape")
     if isinstance(shape, str):
         shape = list(parse_shape(shape, f"{where}.shape"))
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
                                               for d in shape):
         raise ScaffoldError(f"{where}.shape: expected an array of positive integers, e.g. [1, 3, 224, 224]")
+    check_shape(shape, f"{where}.shape")
     dtype = _choice(_get(table, "dtype", str, where, "float32"), DTYPES, f"{where}.dtype")
     low, high = 0, (2 if dtype == "bool" else 10)
     if "range" in table:
@@ -211,13 +295,32 @@ def _input_from_table(table: dict, where: str) -> InputSpec:
         if dtype in FLOAT_DTYPES:
             raise ScaffoldError(f"{where}.range: only integer inputs take a range; '{name}' is {dtype}")
         low, high = rng
+        lo, hi = INT_RANGES[dtype]
+        if low < lo or high > hi:
+            raise ScaffoldError(f"{where}.range: [{low}, {high}) does not fit {dtype}, whose values are "
+                                f"[{lo}, {hi})")
     dynamic = parse_dynamic(table.get("dynamic", []), len(shape), f"{where}.dynamic")
     return InputSpec(name=name, shape=tuple(shape), dtype=dtype, low=low, high=high, dynamic=dynamic)
 
 
+def check_shape(shape: list[int] | tuple[int, ...], where: str) -> None:
+    """Bounded rank, dims and element count: `100000x100000x100` is refused here, not by a failed allocation."""
+    if len(shape) > MAX_RANK:
+        raise ScaffoldError(f"{where}: {len(shape)} dims; at most {MAX_RANK}")
+    elements = 1
+    for d in shape:
+        if d > MAX_DIM:
+            raise ScaffoldError(f"{where}: dim {d} is larger than {MAX_DIM}")
+        elements *= d
+    if elements > MAX_ELEMENTS:
+        raise ScaffoldError(f"{where}: {elements} elements is more than {MAX_ELEMENTS} (about 8 GiB as float32); "
+                            "use a smaller example shape and mark dims --dynamic")
+
+
 def parse_dynamic(dims: Any, rank: int, where: str) -> tuple[int, ...]:
     """Dim indices, each within the input's rank, once each."""
-    if not isinstance(dims, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+    if (not isinstance(dims, list) or len(dims) > MAX_RANK
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims)):
         raise ScaffoldError(f"{where}: expected an array of dim indices, e.g. [0] for the batch dim")
     for d in dims:
         if not 0 <= d < rank:
@@ -232,7 +335,7 @@ def parse_dynamic_flag(text: str) -> tuple[str, list[int]]:
     name, sep, dims = text.partition(":")
     parts = dims.split(",") if dims else []
     if not sep or not name or not parts or not all(_is_int(p) for p in parts):
-        raise ScaffoldError(f"--dynamic {text!r}: expected NAME:DIM[,DIM], e.g. x:0 for the batch dim of x")
+        raise ScaffoldError(f"--dynamic {_show(repr(text))}: expected NAME:DIM[,DIM], e.g. x:0 for the batch dim of x")
     return name, [int(p) for p in parts]
 
 
@@ -248,7 +351,9 @@ def apply_dynamic(inputs: tuple[InputSpec, ...], flags: dict[str, list[int]]) ->
 
 def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
     """Validate a `scaffold.toml`-shaped mapping (after flags were merged in) into a `ProjectSpec`."""
-    _check_keys(data, ("project", "model", "inputs", "build", "runtime", "verify"), where)
+    _expect_table(data, where)
+    reject_control(data, where)
+    _check_keys(data, ("project", "model", "inputs", "build", "runtime", "verify", "preprocess"), where)
 
     project = _expect_table(data.get("project", {}), f"{where}: [project]")
     _check_keys(project, ("name",), "[project]")
@@ -258,7 +363,8 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
     validate_name(name, "[project].name")
 
     model = _expect_table(data.get("model", {}), f"{where}: [model]")
-    _check_keys(model, ("source", "method", "backend", "freeze", "channels_last"), "[model]")
+    _check_keys(model, ("source", "method", "backend", "freeze", "channels_last", "weights", "weights_strict"),
+                "[model]")
     source = _get(model, "source", str, "[model]")
     if not source:
         raise ScaffoldError(
@@ -270,17 +376,22 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
         backend=_choice(_get(model, "backend", str, "[model]", "torchscript"), BACKENDS, "[model].backend"),
         freeze=_get(model, "freeze", bool, "[model]", True),
         channels_last=_get(model, "channels_last", bool, "[model]", True),
+        weights=_get(model, "weights", str, "[model]") or None,
+        weights_strict=_get(model, "weights_strict", bool, "[model]", True),
     )
 
     raw_inputs = data.get("inputs", [])
     if not isinstance(raw_inputs, list):
         raise ScaffoldError("[[inputs]]: expected an array of tables ([[inputs]] name/shape/dtype)")
+    if len(raw_inputs) > MAX_INPUTS:
+        raise ScaffoldError(f"[[inputs]]: {len(raw_inputs)} inputs; scaffold supports at most {MAX_INPUTS}")
     inputs = tuple(_input_from_table(_expect_table(t, f"[[inputs]] #{i + 1}"), f"[[inputs]] #{i + 1}")
                    for i, t in enumerate(raw_inputs))
-    names = [i.name for i in inputs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ScaffoldError(f"[[inputs]]: input name '{duplicates[0]}' appears more than once")
+    seen: set[str] = set()  # linear: a list.count per name was quadratic in the number of inputs
+    for i in inputs:
+        if i.name in seen:
+            raise ScaffoldError(f"[[inputs]]: input name '{i.name}' appears more than once")
+        seen.add(i.name)
 
     build = _expect_table(data.get("build", {}), f"{where}: [build]")
     _check_keys(build, ("systems", "ci", "docker"), "[build]")
@@ -293,67 +404,185 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
     runtime = _expect_table(data.get("runtime", {}), f"{where}: [runtime]")
     _check_keys(runtime, ("device", "threads", "warmup", "iters"), "[runtime]")
     device = _get(runtime, "device", str, "[runtime]", "cpu")
-    if not DEVICE_RE.match(device):
-        raise ScaffoldError(f"[runtime].device: expected cpu or cuda[:N]; got '{device}'")
+    if not DEVICE_RE.fullmatch(device):
+        raise ScaffoldError(f"[runtime].device: expected cpu or cuda[:N]; got '{_show(device)}'")
     runtime_spec = RuntimeSpec(
         device=device,
-        threads=_non_negative(runtime, "threads", "[runtime]", 0),
-        warmup=_non_negative(runtime, "warmup", "[runtime]", 10),
-        iters=_non_negative(runtime, "iters", "[runtime]", 50, minimum=1),
+        threads=_non_negative(runtime, "threads", "[runtime]", 0, maximum=MAX_THREADS),
+        warmup=_non_negative(runtime, "warmup", "[runtime]", 10, maximum=MAX_COUNT),
+        iters=_non_negative(runtime, "iters", "[runtime]", 50, minimum=1, maximum=MAX_COUNT),
     )
 
     verify = _expect_table(data.get("verify", {}), f"{where}: [verify]")
     _check_keys(verify, ("rtol", "atol"), "[verify]")
-    verify_spec = VerifySpec(
-        rtol=float(_get(verify, "rtol", (float, int), "[verify]", 1e-3)),
-        atol=float(_get(verify, "atol", (float, int), "[verify]", 1e-4)),
-    )
-    if verify_spec.rtol < 0 or verify_spec.atol < 0:
-        raise ScaffoldError("[verify]: rtol and atol must be >= 0")
+    verify_spec = VerifySpec(rtol=_tolerance(verify, "rtol", 1e-3), atol=_tolerance(verify, "atol", 1e-4))
+
+    preprocess = _preprocess(data["preprocess"], where) if "preprocess" in data else None
 
     return ProjectSpec(name=name, model=model_spec, inputs=inputs, build_systems=tuple(dict.fromkeys(systems)),
-                       ci=tuple(dict.fromkeys(ci)), docker=docker, runtime=runtime_spec, verify=verify_spec)
+                       ci=tuple(dict.fromkeys(ci)), docker=docker, runtime=runtime_spec, verify=verify_spec,
+                       preprocess=preprocess)
+
+
+PREPROCESS_KEYS = ("input", "resize", "crop", "mean", "std", "interpolation", "antialias", "labels")
+
+
+def _preprocess(value: Any, where: str) -> PreprocessSpec:
+    """`[preprocess]`: each key optional; sizes are an integer or [h, w], mean/std one number per channel."""
+    table = _expect_table(value, f"{where}: [preprocess]")
+    _check_keys(table, PREPROCESS_KEYS, "[preprocess]")
+    name = _get(table, "input", str, "[preprocess]")
+    if name is not None and not INPUT_NAME_RE.fullmatch(name):
+        raise ScaffoldError(f"[preprocess].input: '{name}' must be the name of one of the model's inputs")
+
+    def size(key: str, allow_short_side: bool) -> tuple[int, ...] | None:
+        raw = table.get(key)
+        if raw is None:
+            return None
+        dims = [raw] if isinstance(raw, int) and not isinstance(raw, bool) else raw
+        if (not isinstance(dims, list) or len(dims) not in (1, 2)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
+            raise ScaffoldError(f"[preprocess].{key}: expected a positive integer or [height, width]")
+        if allow_short_side:
+            return tuple(dims)
+        return (dims[0], dims[-1])
+
+    def floats(key: str) -> tuple[float, ...] | None:
+        raw = table.get(key)
+        if raw is None:
+            return None
+        if (not isinstance(raw, list) or not raw
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)):
+            raise ScaffoldError(f"[preprocess].{key}: expected an array of numbers, one per channel")
+        return tuple(float(v) for v in raw)
+
+    std = floats("std")
+    if std is not None and any(v <= 0 for v in std):
+        raise ScaffoldError("[preprocess].std: every value must be > 0")
+    mean = floats("mean")
+    if mean is not None and std is not None and len(mean) != len(std):
+        raise ScaffoldError("[preprocess]: mean and std need the same number of values (one per channel)")
+    interpolation = _get(table, "interpolation", str, "[preprocess]")
+    if interpolation is not None:
+        _choice(interpolation, INTERPOLATIONS, "[preprocess].interpolation")
+    labels = table.get("labels")
+    if labels is not None:
+        if isinstance(labels, list):
+            if not labels or not all(isinstance(v, str) for v in labels):
+                raise ScaffoldError("[preprocess].labels: expected a file name or an array of class names")
+            labels = tuple(labels)
+        elif not isinstance(labels, str) or not labels:
+            raise ScaffoldError("[preprocess].labels: expected a file name or an array of class names")
+    return PreprocessSpec(input=name, resize=size("resize", True), crop=size("crop", False),
+                          mean=mean, std=std, interpolation=interpolation,
+                          antialias=_get(table, "antialias", bool, "[preprocess]"), labels=labels)
+
+
+def is_weights_enum(value: str) -> bool:
+    """A torchvision weights enum name (DEFAULT, IMAGENET1K_V1, ResNet18_Weights.DEFAULT), not a file name."""
+    return bool(WEIGHTS_ENUM_RE.match(value))
+
+
+def anchor_paths(data: dict, base: Path) -> dict:
+    """Make the spec's relative file paths ([model].weights, [preprocess].labels) absolute against base.
+
+    A scaffold.toml's paths are relative to its own directory (base = the file's parent), a flag's to the
+    current directory; a torchvision enum name (DEFAULT) stays as it is, unless a file of that name exists.
+    """
+    merged = dict(data)
+    model = merged.get("model")
+    if isinstance(model, dict) and isinstance(model.get("weights"), str) and model["weights"]:
+        merged["model"] = {**model, "weights": _anchor(model["weights"], base)}
+    pre = merged.get("preprocess")
+    if isinstance(pre, dict) and isinstance(pre.get("labels"), str) and pre["labels"]:
+        merged["preprocess"] = {**pre, "labels": _anchor(pre["labels"], base, enum_ok=False)}
+    return merged
+
+
+def _anchor(value: str, base: Path, enum_ok: bool = True) -> str:
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return os.path.abspath(path)
+    if enum_ok and is_weights_enum(value) and not (base / path).is_file():
+        return value
+    return os.path.abspath(base / path)  # absolute and without `..`, symlinks kept
 
 
 def _string_list(table: dict, key: str, choices: tuple[str, ...], default: list[str]) -> list[str]:
     values = _get(table, key, list, "[build]", default)
     for v in values:
         if not isinstance(v, str):
-            raise ScaffoldError(f"[build].{key}: expected an array of strings, got {v!r}")
+            raise ScaffoldError(f"[build].{key}: expected an array of strings, got {_show(v)}")
         _choice(v, choices, f"[build].{key}")
     return values
 
 
-def _non_negative(table: dict, key: str, where: str, default: int, minimum: int = 0) -> int:
+def _non_negative(table: dict, key: str, where: str, default: int, minimum: int = 0,
+                  maximum: int = MAX_COUNT) -> int:
     value = _get(table, key, int, where, default)
-    if value < minimum:
-        raise ScaffoldError(f"{where}.{key}: expected an integer >= {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ScaffoldError(f"{where}.{key}: expected an integer from {minimum} to {maximum}, got {_show(str(value))}")
     return value
+
+
+def _tolerance(table: dict, key: str, default: float) -> float:
+    value = _get(table, key, (float, int), "[verify]", default)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not (math.isfinite(number) and 0 <= number <= MAX_TOLERANCE):
+        raise ScaffoldError(f"[verify].{key}: expected a finite number from 0 to {MAX_TOLERANCE:g}, "
+                            f"got {_show(repr(value) if isinstance(value, str) else value)}")
+    return number
 
 
 def read_toml(path: Path) -> dict:
     """Read a spec file; a syntax error becomes one line that names the file and the line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.is_dir():
+            raise ScaffoldError(f"spec file {path} is a directory")
+        if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+            raise ScaffoldError(f"spec file {path} is not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise ScaffoldError(f"spec file not found: {path}") from None
     except OSError as e:
         raise ScaffoldError(f"cannot read spec file {path}: {e.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise ScaffoldError(f"spec file {path} is larger than {MAX_SPEC_BYTES // 2**20} MiB")
+    return parse_toml(raw, str(path))
+
+
+MAX_SPEC_BYTES = 4 * 2**20
+
+
+def parse_toml(raw: bytes, where: str) -> dict:
+    """Bytes of a scaffold.toml into a mapping; anything wrong with them is one ScaffoldError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScaffoldError(f"{where}: not UTF-8 text (byte {e.start}); TOML files are UTF-8") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ScaffoldError(f"{path}: TOML syntax error: {e}") from None
+        raise ScaffoldError(f"{where}: TOML syntax error: {_show(str(e), 200)}") from None
+    except RecursionError:
+        raise ScaffoldError(f"{where}: nested too deeply to read") from None
 
 
 def merge_flags(data: dict, *, name: str | None = None, model: str | None = None, method: str | None = None,
                 backend: str | None = None, inputs: list[InputSpec] | None = None, freeze: bool | None = None,
-                bazel: bool = False, ci: list[str] | None = None, docker: bool | None = None) -> dict:
+                bazel: bool = False, ci: list[str] | None = None, docker: bool | None = None,
+                weights: str | None = None, weights_strict: bool | None = None) -> dict:
     """Flags override the spec file, key by key (a flag's `--input` list replaces the file's inputs)."""
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     if name is not None:
         merged["project"] = {**_as_dict(merged.get("project", {})), "name": name}
     model_over = {k: v for k, v in (("source", model), ("method", method), ("backend", backend),
-                                    ("freeze", freeze)) if v is not None}
+                                    ("freeze", freeze), ("weights", weights), ("weights_strict", weights_strict))
+                  if v is not None}
     if model_over:
         merged["model"] = {**_as_dict(merged.get("model", {})), **model_over}
     build = _as_dict(merged.get("build", {}))
@@ -399,8 +628,12 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def spec_to_toml(spec: ProjectSpec) -> str:
-    """The spec a project was generated from, written back as `scaffold.toml` (re-readable by `--spec`)."""
+def spec_to_toml(spec: ProjectSpec, root: Path | None = None) -> str:
+    """The spec a project was generated from, written back as `scaffold.toml` (re-readable by `--spec`).
+
+    File paths (weights, labels) are written relative to root, the directory the file goes into, since
+    `--spec` reads them relative to the spec file's directory; absolute when root is None.
+    """
     lines = ["# Generated by scaffold: the spec this project was made from. To regenerate, from the directory",
              f"# above this project: scaffold new --spec {spec.name}/scaffold.toml --output {spec.name} --force", ""]
 
@@ -410,8 +643,13 @@ def spec_to_toml(spec: ProjectSpec) -> str:
         lines.append("")
 
     table("project", {"name": spec.name})
-    table("model", {"source": spec.model.source, "method": spec.model.method, "backend": spec.model.backend,
-                    "freeze": spec.model.freeze, "channels_last": spec.model.channels_last})
+    model: dict[str, Any] = {"source": spec.model.source, "method": spec.model.method,
+                             "backend": spec.model.backend, "freeze": spec.model.freeze,
+                             "channels_last": spec.model.channels_last}
+    if spec.model.weights:
+        model["weights"] = _relative_to(spec.model.weights, root)
+        model["weights_strict"] = spec.model.weights_strict
+    table("model", model)
     for i in spec.inputs:
         lines.append("[[inputs]]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in _input_to_table(i).items())
@@ -420,4 +658,22 @@ def spec_to_toml(spec: ProjectSpec) -> str:
     table("runtime", {"device": spec.runtime.device, "threads": spec.runtime.threads,
                       "warmup": spec.runtime.warmup, "iters": spec.runtime.iters})
     table("verify", {"rtol": spec.verify.rtol, "atol": spec.verify.atol})
+    if spec.preprocess is not None:
+        pre = spec.preprocess
+        values = {"input": pre.input, "resize": list(pre.resize) if pre.resize else None,
+                  "crop": list(pre.crop) if pre.crop else None, "mean": pre.mean, "std": pre.std,
+                  "interpolation": pre.interpolation, "antialias": pre.antialias,
+                  "labels": _relative_to(pre.labels, root) if isinstance(pre.labels, str) else pre.labels}
+        table("preprocess", {k: v for k, v in values.items() if v is not None})
     return "\n".join(lines)
+
+
+def _relative_to(value: str, root: Path | None) -> str:
+    """An absolute file path relative to root (POSIX separators); enum names and the rest unchanged."""
+    path = Path(value)
+    if root is None or not path.is_absolute():
+        return value
+    try:
+        return Path(os.path.relpath(path, root.absolute())).as_posix()
+    except ValueError:  # another drive on Windows: no relative path exists
+        return value

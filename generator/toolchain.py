@@ -6,13 +6,16 @@ headers, the CUDA toolkit by asking nvcc where it lives, nvrtc from the `nvidia-
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +67,76 @@ class TorchInfo:
     @property
     def build(self) -> str:
         return f"CUDA {self.cuda.torch_cuda}" if self.cuda else "CPU"
+
+
+def run_process(cmd: list[str], *, capture: bool = True, timeout: float | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run, but the child gets its own process group and the whole group is killed when scaffold
+    stops for any reason (Ctrl-C, SIGTERM, a timeout): `c++` leaves no `cc1plus`, cmake no ninja behind.
+    Raises OSError when cmd cannot start and subprocess.TimeoutExpired after killing the group."""
+    kwargs: dict = {"process_group": 0} if os.name == "posix" else {}
+    if capture:
+        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    proc = subprocess.Popen(cmd, cwd=cwd, **kwargs)  # noqa: S603  (argument lists, no shell)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if os.name == "posix":
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()
+    proc.communicate()  # reap it and close the pipes
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below root now (Linux /proc), parents before children."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [root]
+    while queue:
+        for kid in children.get(queue.pop(0), []):
+            found.append(kid)
+            queue.append(kid)
+    return found
+
+
+def stop_descendants(grace: float = 2.0) -> None:
+    """On a signal, before anything unwinds: SIGTERM every process scaffold started, children of children too
+    (torch's inductor runs `g++`, whose `cc1plus` would outlive a killed `g++`, and `g++` removes its temp files
+    only when it is asked to stop), then SIGKILL what is left after `grace` seconds."""
+    if not Path("/proc/self/stat").exists():
+        return
+    pids = _descendants(os.getpid())
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _running(pid)]
+        time.sleep(0.02)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def find_tool(name: str) -> Path | None:
@@ -122,15 +195,15 @@ def probe_cxx_standard(root: Path, version: str) -> tuple[int, str]:
     if compiler is None or not (include / "ATen" / "ATen.h").is_file():
         why = "no C++ compiler found" if compiler is None else "libtorch headers not found"
         return table_cxx_standard(version), f"from the torch version ({why} to probe with)"
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="scaffold-probe-") as tmp:  # removed on any exit, signals included
         src = Path(tmp) / "probe.cpp"
         src.write_text("#include <ATen/ATen.h>\n")
         for std in (17, 20):
-            proc = subprocess.run(
-                [str(compiler), f"-std=c++{std}", "-E", "-o", os.devnull, f"-I{include}",
-                 f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}", str(src)],
-                capture_output=True, text=True, check=False,
-            )
+            try:
+                proc = run_process([str(compiler), f"-std=c++{std}", "-E", "-o", os.devnull, f"-I{include}",
+                                    f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}", str(src)], timeout=300)
+            except (OSError, subprocess.TimeoutExpired):
+                break
             if proc.returncode == 0:
                 return std, f"probed: libtorch headers preprocess with {compiler.name} -std=c++{std}"
     return table_cxx_standard(version), "from the torch version (the header probe failed at C++17 and C++20)"
@@ -139,8 +212,7 @@ def probe_cxx_standard(root: Path, version: str) -> tuple[int, str]:
 def _nvcc_root(nvcc: Path) -> Path | None:
     """nvcc may be a wrapper script; its --dryrun output says where the real toolkit lives (TOP=...)."""
     try:
-        proc = subprocess.run([str(nvcc), "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                              capture_output=True, text=True, timeout=30, check=False)
+        proc = run_process([str(nvcc), "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull], timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"^#\$ TOP=(.+)$", proc.stderr + proc.stdout, re.MULTILINE)
@@ -150,7 +222,7 @@ def _nvcc_root(nvcc: Path) -> Path | None:
 def _version(tool: Path, pattern: str) -> str | None:
     """The first group of `pattern` in what `TOOL --version` prints, or None when it does not run."""
     try:
-        proc = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=60, check=False)
+        proc = run_process([str(tool), "--version"], timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(pattern, proc.stdout)
@@ -240,7 +312,7 @@ def cmake_version(cmake: Path) -> str | None:
 def tool_version(tool: Path) -> str | None:
     """The first line of `TOOL --version` (ninja, bazel, a compiler), or None when it does not run."""
     try:
-        proc = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=60, check=False)
+        proc = run_process([str(tool), "--version"], timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = (proc.stdout or proc.stderr).strip().splitlines()
@@ -252,13 +324,12 @@ def compiler_max_standard(compiler: Path) -> int | None:
     """The newest C++ standard (23, 20, 17, 14) this compiler compiles a C++ file as, probed with -std=c++NN."""
     if re.fullmatch(r"cl(\.exe)?", compiler.name, re.IGNORECASE):
         return None  # MSVC spells it /std:c++20; not probed
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="scaffold-probe-") as tmp:
         src = Path(tmp) / "std.cpp"
         src.write_text("#include <cstddef>\nint main() { return 0; }\n")
         for std in (23, 20, 17, 14):
             try:
-                proc = subprocess.run([str(compiler), f"-std=c++{std}", "-fsyntax-only", str(src)],
-                                      capture_output=True, text=True, timeout=60, check=False)
+                proc = run_process([str(compiler), f"-std=c++{std}", "-fsyntax-only", str(src)], timeout=60)
             except (OSError, subprocess.TimeoutExpired):
                 return None
             if proc.returncode == 0:

@@ -64,3 +64,11 @@ def generated(projects: Path, name: str, *new_args: object, build: bool = True) 
         scaffold("build", root)
         _BUILT.add(name)
     return root
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that runs a real Bazel build is end to end too: `-m "not e2e"` stays the fast lane."""
+    for item in items:
+        if item.get_closest_marker("bazel") and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.e2e)

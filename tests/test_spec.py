@@ -64,7 +64,7 @@ def test_bad_input_flag(text, fragment):
     ({"model": {}}, r"\[model\].source: required"),
     ({"runtime": {"iters": "many"}}, r"\[runtime\].iters: expected an integer"),
     ({"runtime": {"threads": True}}, r"\[runtime\].threads: expected an integer, got true or false"),
-    ({"runtime": {"iters": 0}}, r"\[runtime\].iters: expected an integer >= 1"),
+    ({"runtime": {"iters": 0}}, r"\[runtime\].iters: expected an integer from 1 to"),
     ({"runtime": {"device": "gpu"}}, r"\[runtime\].device: expected cpu or cuda"),
     ({"inputs": {"name": "x"}}, r"\[\[inputs\]\]: expected an array of tables"),
     ({"inputs": [{"name": "x", "shape": [1, -3]}]}, r"\[\[inputs\]\] #1.shape: expected an array of positive"),
@@ -151,3 +151,100 @@ def test_dynamic_flags():
     assert apply_dynamic(inputs, {"h": [0]})[1].dynamic == (0,)
     with pytest.raises(ScaffoldError, match="the model has no input 'y' \\(inputs: x, h\\)"):
         apply_dynamic(inputs, {"y": [0]})
+
+
+# --------------------------------------------------------------------------------------------- issue 8, items 6-9, 18
+
+
+@pytest.mark.parametrize("tables, key", [
+    ({"project": {"name": "app\n"}}, "[project].name"),
+    ({"model": {"source": "m\nfile(TOUCH PWNED)\n#.pt"}}, "[model].source"),
+    ({"model": {"source": "model\u2028.pt"}}, "[model].source"),
+    ({"model": {"source": "resnet18", "method": "trace\x7f"}}, "[model].method"),
+    ({"inputs": [{"name": "x", "shape": [1]}, {"name": "y\t", "shape": [1]}]}, "[[inputs]] #2.name"),
+    ({"inputs": [{"name": "x", "shape": [1], "dtype": "int64\r"}]}, "[[inputs]] #1.dtype"),
+    ({"runtime": {"device": "cpu\n"}}, "[runtime].device"),
+    ({"build": {"systems": ["cmake", "bazel\u2029"]}}, "[build].systems[1]"),
+    ({"model": {"source": "resnet18", "weights": "w\x00.pt"}}, "[model].weights"),
+])
+def test_control_characters_are_refused_everywhere(tables, key):
+    with pytest.raises(ScaffoldError) as info:
+        spec(**tables)
+    message = str(info.value)
+    assert message.startswith(f"{key}: control characters") and "\n" not in message, message
+
+
+def test_a_key_with_control_characters():
+    with pytest.raises(ScaffoldError, match=r"\[model\]: a key holds control characters: 'a\\nb'"):
+        spec(model={"source": "resnet18", "a\nb": 1})
+
+
+@pytest.mark.parametrize("bad", ["abc\n", "abc\r\n", "a" * 64 + "\n"])
+def test_names_match_in_full(bad):
+    """`re.match` with `$` accepted a trailing newline; full matches do not."""
+    with pytest.raises(ScaffoldError):
+        validate_name(bad)
+    with pytest.raises(ScaffoldError):
+        parse_input_flag(f"{bad}=1x3")
+
+
+@pytest.mark.parametrize("tables, fragment", [
+    ({"runtime": {"iters": 1099511627776}}, r"\[runtime\].iters: expected an integer from 1 to 1000000000"),
+    ({"runtime": {"warmup": 2**31}}, r"\[runtime\].warmup: expected an integer from 0 to 1000000000"),
+    ({"runtime": {"threads": 4097}}, r"\[runtime\].threads: expected an integer from 0 to 4096"),
+    ({"runtime": {"threads": -1}}, r"\[runtime\].threads"),
+    ({"verify": {"atol": float("nan")}}, r"\[verify\].atol: expected a finite number"),
+    ({"verify": {"rtol": float("inf")}}, r"\[verify\].rtol: expected a finite number"),
+    ({"verify": {"rtol": 10**400}}, r"\[verify\].rtol: expected a finite number"),
+    ({"verify": {"atol": -1e-9}}, r"\[verify\].atol"),
+    ({"inputs": [{"name": "x", "shape": [100000, 100000, 100]}]}, "elements is more than"),
+    ({"inputs": [{"name": "x", "shape": [2**31]}]}, "dim 2147483648 is larger than"),
+    ({"inputs": [{"name": "x", "shape": [1] * 17}]}, "17 dims; at most 16"),
+    ({"inputs": [{"name": "x", "shape": [1, 3], "dtype": "uint8", "range": [-5, 300]}]}, "does not fit uint8"),
+    ({"inputs": [{"name": "x", "shape": [1], "dtype": "int8", "range": [0, 129]}]}, "does not fit int8"),
+    ({"inputs": [{"name": "x", "shape": [1], "dtype": "bool", "range": [0, 3]}]}, "does not fit bool"),
+    ({"inputs": [{"name": "x", "shape": [1], "dtype": "int64", "range": [0, 2**64]}]}, "does not fit int64"),
+])
+def test_numbers_are_bounded(tables, fragment):
+    with pytest.raises(ScaffoldError, match=fragment):
+        spec(**tables)
+
+
+def test_bounds_themselves_are_accepted():
+    s = spec(runtime={"threads": 4096, "warmup": 10**9, "iters": 10**9}, verify={"rtol": 0, "atol": 1e6},
+             inputs=[{"name": "ids", "shape": [1, 8], "dtype": "int64", "range": [-(2**63), 2**63 - 1]},
+                     {"name": "px", "shape": [1, 3], "dtype": "uint8", "range": [0, 256]}])
+    assert s.runtime.iters == 10**9 and s.inputs[0].low == -(2**63)
+
+
+@pytest.mark.parametrize("text", ["x=1x\u00b2", "x=1x" + "9" * 5000, "x=1x3:int64:0.." + "9" * 5000, "x=1x\u0663"])
+def test_odd_digits_in_flags(text):
+    with pytest.raises(ScaffoldError):
+        parse_input_flag(text)
+
+
+@pytest.mark.parametrize("name", ["preinstall", "CMakeFiles", "cmakefiles", "Testing", "TESTING", "install_strip",
+                                  "con", "NUL", "com1", "lpt9"])
+def test_names_colliding_with_cmake_or_the_build_tree(name):
+    with pytest.raises(ScaffoldError, match="is reserved by CMake or libtorch; choose another name"):
+        validate_name(name)
+
+
+def test_inputs_are_capped_and_checked_once_each():
+    many = [{"name": f"x{i}", "shape": [1]} for i in range(1024)]
+    assert len(spec(inputs=many).inputs) == 1024
+    with pytest.raises(ScaffoldError, match=r"\[\[inputs\]\]: 1025 inputs; scaffold supports at most 1024"):
+        spec(inputs=[*many, {"name": "y", "shape": [1]}])
+    with pytest.raises(ScaffoldError, match="input name 'x5' appears more than once"):
+        spec(inputs=[*many[:1000], {"name": "x5", "shape": [1]}])
+
+
+def test_spec_bytes_that_are_not_a_spec(tmp_path):
+    path = tmp_path / "scaffold.toml"
+    for raw, fragment in ((b"\xff\xfe[project]", "not UTF-8"), (b"a = " + b"[" * 3000 + b"]" * 3000, "nested too"),
+                          (b"[project\n", "TOML syntax error")):
+        path.write_bytes(raw)
+        with pytest.raises(ScaffoldError, match=fragment):
+            read_toml(path)
+    with pytest.raises(ScaffoldError, match="is a directory"):
+        read_toml(tmp_path)
