@@ -9,15 +9,18 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
-from generator.errors import ScaffoldError
-from generator.spec import InputSpec
+from generator.errors import ScaffoldError, is_interrupt, user_code_failure
+from generator.spec import InputSpec, is_weights_enum
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 # torchvision families whose models take one NCHW image batch; 224x224 is what their weights were trained at.
@@ -31,6 +34,12 @@ class ResolvedModel:
     kind: str  # "torchvision" | "python" | "torchscript"
     default_inputs: tuple[InputSpec, ...] | None
     description: str
+    # The trained weights loaded into module (None: its initial, seeded random weights).
+    weights: Any = None  # generator.weights.LoadedWeights
+    # torchvision: the weights enum member whose transforms() and meta describe this model's preprocessing and
+    # classes: the one loaded, else the model's DEFAULT (its metadata needs no download).
+    weights_enum: Any = None
+    notes: list[str] = field(default_factory=list)  # warnings for the user (a non-strict load, a stripped prefix)
 
     def argument_names(self) -> list[str]:
         """forward's positional argument names, for error messages that say exactly which --input to pass."""
@@ -43,15 +52,37 @@ class ResolvedModel:
             return []
 
 
-def resolve(source: str, seed: int = 0) -> ResolvedModel:
-    """Turn a spec's model source into a module in eval mode, with default inputs where they are known."""
+def resolve(source: str, seed: int = 0, *, weights: str | None = None, weights_strict: bool = True) -> ResolvedModel:
+    """Turn a spec's model source into a module in eval mode, with default inputs where they are known.
+
+    weights: a weights file loaded into it (see generator.weights), or for a torchvision model a weights
+    enum name (DEFAULT, IMAGENET1K_V1), which torchvision loads from its cache or downloads.
+    """
     torch.manual_seed(seed)  # random weights, but the same ones each run
     path = Path(source)
+    enum_name = weights if weights and is_weights_enum(weights) and not Path(weights).is_file() else None
     if path.suffix in TORCHSCRIPT_SUFFIXES or path.exists():
-        return _load_torchscript(path)
-    if ":" in source:
-        return _import_attr(source)
-    return _torchvision(source)
+        resolved = _load_torchscript(path)
+    elif ":" in source:
+        resolved = _import_attr(source)
+    else:
+        return _torchvision(source, weights, weights_strict, enum_name)
+    if enum_name:
+        raise ScaffoldError(f"--weights {weights}: a weights name works for torchvision models only; for "
+                            f"{resolved.description} pass a weights file")
+    if weights:
+        _load_file(resolved, weights, weights_strict)
+    return resolved
+
+
+def _load_file(resolved: ResolvedModel, weights: str, strict: bool) -> None:
+    from generator.weights import load_weights
+
+    resolved.description = resolved.description.replace(", random weights", "")
+    resolved.weights = load_weights(resolved.module, Path(weights), strict=strict, description=resolved.description)
+    resolved.module.eval()
+    resolved.notes.extend(resolved.weights.notes)
+    resolved.description += f", weights {Path(weights).name}"
 
 
 def _load_torchscript(path: Path) -> ResolvedModel:
@@ -82,6 +113,10 @@ def _import_attr(source: str) -> ResolvedModel:
         raise ScaffoldError(f"cannot import '{module_name}' (from --model {source}): {e}") from None
     except Exception as e:
         raise ScaffoldError(f"importing '{module_name}' failed: {type(e).__name__}: {_first_line(e)}") from None
+    except BaseException as e:  # sys.exit() at import: a failure to report, not scaffold's own exit
+        if is_interrupt(e):
+            raise
+        raise user_code_failure(e, f"importing '{module_name}'") from None
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -98,6 +133,10 @@ def _import_attr(source: str) -> ResolvedModel:
         ) from None
     except Exception as e:
         raise ScaffoldError(f"constructing '{source}' raised {type(e).__name__}: {_first_line(e)}") from None
+    except BaseException as e:
+        if is_interrupt(e):
+            raise
+        raise user_code_failure(e, f"constructing '{source}'") from None
     if not isinstance(model, torch.nn.Module):
         raise ScaffoldError(f"'{source}' gave a {type(model).__name__}, not a torch.nn.Module")
     model.eval()
@@ -117,7 +156,7 @@ def _declared_inputs(declared: object, source: str) -> tuple[InputSpec, ...] | N
     return tuple(parse_input_flag(d) for d in declared)
 
 
-def _torchvision(name: str) -> ResolvedModel:
+def _torchvision(name: str, weights: str | None, strict: bool, enum_name: str | None) -> ResolvedModel:
     try:
         import torchvision.models as tvm
     except ImportError as e:
@@ -130,15 +169,100 @@ def _torchvision(name: str) -> ResolvedModel:
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
         raise ScaffoldError(f"unknown model '{name}': not a torchvision model, a file, or package.module:attr{hint}")
+    enum = _weights_enum(tvm, name, enum_name) if enum_name else None
+    # Nothing is downloaded unless asked for: detection and segmentation builders default weights_backbone to
+    # ImageNet weights, which they would fetch even with weights=None.
+    kwargs: dict[str, Any] = {"weights": enum}
+    if "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters:
+        kwargs["weights_backbone"] = None
+    if enum is not None:
+        kwargs["progress"] = False
     try:
-        model = tvm.get_model(name, weights=None)
+        model = tvm.get_model(name, **kwargs)
     except Exception as e:
+        if enum is not None:
+            raise _download_error(enum, e) from None
         raise ScaffoldError(f"torchvision could not build '{name}': {_first_line(e)}") from None
     model.eval()
     family = type(model).__module__
     image_like = name in tvm.list_models(module=tvm) or name in tvm.list_models(module=tvm.segmentation)
-    return ResolvedModel(module=model, kind="torchvision", default_inputs=IMAGE_DEFAULT if image_like else None,
-                         description=f"torchvision {name} ({family}, random weights)")
+    meta = enum if enum is not None else _default_enum(tvm, name)
+    # Loaded weights fix the input size (vit_h_14's SWAG weights build a 518x518 model); otherwise 224x224, what
+    # the builders construct by default, whatever size the DEFAULT weights would have been evaluated at.
+    defaults = (_image_default(enum) if enum is not None else IMAGE_DEFAULT) if image_like else None
+    resolved = ResolvedModel(module=model, kind="torchvision", default_inputs=defaults,
+                             description=f"torchvision {name} ({family}, random weights)",
+                             weights_enum=meta)
+    if enum is not None:
+        from generator.export.common import sha256
+        from generator.weights import LoadedWeights
+
+        cached = _cache_file(enum.url)
+        total = len(model.state_dict())
+        resolved.weights = LoadedWeights(path=str(cached), sha256=sha256(cached) if cached.is_file() else "",
+                                         form=f"torchvision {enum}", strict=True, loaded=total, total=total)
+        resolved.description = f"torchvision {name} ({family}, weights {enum})"
+    elif weights:
+        _load_file(resolved, weights, strict)
+    return resolved
+
+
+def _weights_enum(tvm: Any, model: str, name: str) -> Any:
+    """ResNet18_Weights.IMAGENET1K_V1 for (resnet18, 'IMAGENET1K_V1' | 'DEFAULT' | 'ResNet18_Weights.DEFAULT')."""
+    try:
+        enum_class = tvm.get_model_weights(model)
+    except Exception:
+        raise ScaffoldError(f"torchvision has no weights for '{model}'; pass a weights file") from None
+    prefix, _, member = name.rpartition(".")
+    if prefix and prefix != enum_class.__name__:
+        raise ScaffoldError(f"--weights {name}: {model}'s weights are {enum_class.__name__}, not {prefix}")
+    members = [*enum_class.__members__, "DEFAULT"]
+    if member not in members:
+        hint = difflib.get_close_matches(member, members, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ScaffoldError(f"--weights {name}: {enum_class.__name__} has no '{member}'{suggestion}; "
+                            f"choose from {', '.join(members)}, or pass a weights file")
+    return enum_class[member]
+
+
+def _image_default(meta: Any) -> tuple[InputSpec, ...]:
+    """One image at the crop size its weights were evaluated at (224 for most, 299 for inception_v3)."""
+    crop = getattr(_transforms(meta), "crop_size", None)
+    if isinstance(crop, list) and len(crop) == 1 and isinstance(crop[0], int):
+        return (InputSpec(name="x", shape=(1, 3, crop[0], crop[0]), dtype="float32"),)
+    return IMAGE_DEFAULT
+
+
+def _transforms(meta: Any) -> Any:
+    """The weights' preset transforms (an object holding the sizes, mean, std); None if there are none."""
+    try:
+        return meta.transforms() if meta is not None else None
+    except Exception:  # a preset that needs arguments: no preprocessing to record
+        return None
+
+
+def _default_enum(tvm: Any, model: str) -> Any:
+    """The model's DEFAULT weights enum member, for its metadata (transforms, categories); None if it has none."""
+    try:
+        return tvm.get_model_weights(model).DEFAULT
+    except Exception:  # a model without published weights
+        return None
+
+
+def _cache_file(url: str) -> Path:
+    """Where torch.hub keeps (or would keep) a downloaded checkpoint: $TORCH_HOME/hub/checkpoints/<file name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def _download_error(enum: Any, e: BaseException) -> ScaffoldError:
+    """One line: which file torchvision needed, where it looks for it, and what to do without a network."""
+    cached = _cache_file(enum.url)
+    if cached.is_file():  # it was there: the file itself is the problem
+        return ScaffoldError(f"torchvision could not load {enum} from {cached}: {_first_line(e)}")
+    return ScaffoldError(
+        f"weights {enum} are not in the cache and downloading {enum.url} failed ({_first_line(e)}): put that file "
+        f"at {cached} (TORCH_HOME={Path(torch.hub.get_dir()).parent}), or pass it with --weights FILE"
+    )
 
 
 def _first_line(e: BaseException) -> str:

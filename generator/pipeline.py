@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generator import __version__
+from generator import __version__, cppnames, preprocess
 from generator.build import write_user_presets
 from generator.errors import ScaffoldError
 from generator.export.common import ExportResult, write_manifest
+from generator.merge import record_state
 from generator.models import ResolvedModel, resolve
 from generator.render import render_tree, staged
 from generator.spec import ProjectSpec, apply_dynamic, spec_to_toml
@@ -75,7 +76,13 @@ def context(spec: ProjectSpec, result: ExportResult, resolved: ResolvedModel, in
         "backend_label": backend_label(spec, result),
         "inputs": spec.inputs,
         "outputs": result.manifest["signature"]["outputs"],
+        # The library's C++ names: namespace, typed Inputs/Outputs fields, the model-directory variable.
+        "namespace": cppnames.namespace(spec.name),
+        "env_model_dir": cppnames.namespace(spec.name).rstrip("_").upper() + "_MODEL_DIR",
+        "input_fields": cppnames.input_fields(spec.inputs),
+        "output_fields": cppnames.output_fields(result.manifest["signature"]["outputs"]),
         "runtime": spec.runtime,
+        "image": preprocess.image_context(result.manifest.get("preprocess")),
         "bad_input": result.manifest.get("rejects_input"),
         "bazel": "bazel" in spec.build_systems,
         "ci": list(spec.ci),
@@ -94,36 +101,57 @@ def flavours(spec: ProjectSpec) -> list[str]:
     return trees
 
 
+def export_model(spec: ProjectSpec, model_dir: Path, info: TorchInfo, *, dynamic: dict[str, list[int]] | None = None,
+                 progress: Callable[[str], None] = lambda _msg: None,
+                 ) -> tuple[ProjectSpec, ResolvedModel, ExportResult]:
+    """Resolve, export, verify and write model/ (artifact, golden, manifest); the spec comes back with its inputs."""
+    progress(f"resolving {spec.model.source}")
+    resolved = resolve(spec.model.source, weights=spec.model.weights, weights_strict=spec.model.weights_strict)
+    spec = fill_inputs(spec, resolved, dynamic)
+    model_dir.mkdir()
+    progress(f"exporting ({spec.model.backend}, {spec.model.method}) and checking against eager")
+    result = export(resolved, spec, model_dir)
+    preprocess.record(spec, resolved, result)  # weights file and sha256, image preprocessing, class names
+    manifest = {
+        "scaffold_version": __version__,
+        "project": spec.name,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": spec.model.source,
+        "torch": {"version": info.version, "cuda": info.cuda.torch_cuda if info.cuda else None,
+                  "cxx11_abi": info.cxx11_abi, "cxx_standard": info.cxx_standard},
+        **result.manifest,
+    }
+    write_manifest(model_dir / "manifest.json", manifest)
+    return spec, resolved, result
+
+
+def render_project(spec: ProjectSpec, resolved: ResolvedModel, result: ExportResult, info: TorchInfo, out: Path,
+                   root: Path) -> list[Path]:
+    """Every generated text file (templates and scaffold.toml) into out; `scaffold update` re-renders the same.
+
+    root is where the project lives (out may be a staging directory beside it).
+    """
+    skip = {f"src/{src}" for b, src in RUNNER_SOURCES.items() if b != spec.model.backend}
+    values = context(spec, result, resolved, info)
+    files = []
+    for flavour in flavours(spec):
+        files += render_tree(flavour, values, out, skip=skip)
+    (out / "scaffold.toml").write_text(spec_to_toml(spec, root=root), encoding="utf-8")
+    return [*files, Path("scaffold.toml")]
+
+
 def create_project(spec: ProjectSpec, dest: Path, *, force: bool = False, dynamic: dict[str, list[int]] | None = None,
                    progress: Callable[[str], None] = lambda _msg: None) -> NewResult:
     """Generate the whole project at dest, or nothing: every failure leaves the file system as it was."""
     info = torch_info()
-    with staged(dest, force) as scratch:
-        progress(f"resolving {spec.model.source}")
-        resolved = resolve(spec.model.source)
-        spec = fill_inputs(spec, resolved, dynamic)
-        model_dir = scratch / "model"
-        model_dir.mkdir()
-        progress(f"exporting ({spec.model.backend}, {spec.model.method}) and checking against eager")
-        result = export(resolved, spec, model_dir)
-        manifest = {
-            "scaffold_version": __version__,
-            "project": spec.name,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "source": spec.model.source,
-            "torch": {"version": info.version, "cuda": info.cuda.torch_cuda if info.cuda else None,
-                      "cxx11_abi": info.cxx11_abi, "cxx_standard": info.cxx_standard},
-            **result.manifest,
-        }
-        write_manifest(model_dir / "manifest.json", manifest)
+    notes: list[str] = []  # leftovers of interrupted runs beside dest, recovered or reported
+    with staged(dest, force, warn=notes.append) as scratch:
+        spec, resolved, result = export_model(spec, scratch / "model", info, dynamic=dynamic, progress=progress)
         progress("rendering the C++ project")
-        skip = {f"src/{src}" for b, src in RUNNER_SOURCES.items() if b != spec.model.backend}
-        values = context(spec, result, resolved, info)
-        files = []
-        for flavour in flavours(spec):
-            files += render_tree(flavour, values, scratch, skip=skip)
-        (scratch / "scaffold.toml").write_text(spec_to_toml(spec), encoding="utf-8")
+        files = render_project(spec, resolved, result, info, scratch, dest)
+        # What scaffold wrote, kept in .scaffold/ so `scaffold update` can merge a later render into the user's edits.
+        record_state(scratch, files)
         write_user_presets(scratch, info, find_tool("ninja"))
-        files += [Path("scaffold.toml"), Path("CMakeUserPresets.json"),
-                  *(p.relative_to(scratch) for p in sorted(model_dir.iterdir()))]
-    return NewResult(root=dest, spec=spec, files=files, warnings=result.warnings)
+        model_files = sorted((scratch / "model").iterdir())
+        files += [Path("CMakeUserPresets.json"), *(p.relative_to(scratch) for p in model_files)]
+    return NewResult(root=dest, spec=spec, files=files, warnings=[*notes, *result.warnings])

@@ -1,6 +1,7 @@
 """End to end: generate, build with real cmake + compiler against the real libtorch, run, check the numbers."""
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -47,8 +48,12 @@ def resnet(projects):
 def test_resnet_project_layout(resnet):
     for rel in ("CMakeLists.txt", "CMakePresets.json", "CMakeUserPresets.json", "README.md", ".gitignore",
                 ".clang-format", "scaffold.toml", "src/main.cpp", "src/runner.h", "src/torchscript_runner.cpp",
-                "cmake/TorchCudaHints.cmake", "model/model.pt", "model/golden.pt", "model/manifest.json"):
+                "src/model.cpp", "src/tools.cpp", "include/resnet18-app/model.h", "include/resnet18-app/tools.h",
+                "cmake/TorchCudaHints.cmake", "cmake/install-rules.cmake", "cmake/install-config.cmake",
+                "model/model.pt", "model/golden.pt", "model/manifest.json"):
         assert (resnet / rel).is_file(), rel
+    header = (resnet / "include/resnet18-app/model.h").read_text()
+    assert "namespace resnet18_app {" in header and "at::Tensor x;  // x: 1x3x224x224 float32" in header
     assert "/CMakeUserPresets.json" in (resnet / ".gitignore").read_text()
     manifest = json.loads((resnet / "model/manifest.json").read_text())
     assert manifest["torch"]["version"] == torch.__version__
@@ -100,6 +105,9 @@ def test_resnet_bad_runtime_input(resnet):
         (["--device", "cuda:0"], 1, "error: --device cuda:0: CUDA is not available here"),
         (["--device", "gpu"], 2, "error: --device expects cpu or cuda[:N], got 'gpu'"),
         (["--iters", "0"], 2, "error: --iters expects an integer >= 1, got '0'"),
+        (["--threads", "100000"], 2, "error: --threads expects an integer from 0 to "),
+        (["--threads", "2147483648"], 2, "error: --threads expects an integer from 0 to "),
+        (["--input", "x=100000x100000x100"], 2, "error: --input x: shape 100000x100000x100 has more than 2^30"),
         (["--frobnicate"], 2, "error: unknown option '--frobnicate'"),
         (["--model", resnet / "model" / "golden.pt"], 1, "error: cannot load"),
     ]:
@@ -109,6 +117,49 @@ def test_resnet_bad_runtime_input(resnet):
         assert proc.returncode == code, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(fragment), (args, proc.stderr)
+
+
+def test_binary_checks_golden_and_model_files(projects, tmp_path):
+    """A golden.pt of the wrong structure, a FIFO, a directory: one error line naming what is wrong, never a crash
+    or a hang."""
+    root = generated(projects, "gate-app", *GATE)
+    exe = binary(root)
+    golden = torch.load(root / "model" / "golden.pt")
+    bad = {
+        "no_output_names": (dict(golden, output_names=[]), "'output_names' has 0 name(s) for 1 tensor(s) in 'outputs'"),
+        "no_input_names": (dict(golden, input_names=[]), "'input_names' has 0 name(s) for 1 tensor(s) in 'inputs'"),
+        "more_names": (dict(golden, input_names=["x", "y"]), "'input_names' has 2 name(s) for 1 tensor(s) in 'inputs'"),
+        "no_outputs": ({k: v for k, v in golden.items() if k != "outputs"}, "key 'outputs' is missing"),
+        "not_tensors": (dict(golden, outputs=[1.5]), "'outputs' item 0 should be a tensor, got Double"),
+        "no_inputs": (dict(golden, inputs=[], input_names=[]), "'inputs' holds 0 tensor(s), the model takes 1"),
+        "bad_rtol": (dict(golden, rtol="x"), "'rtol' should be a number >= 0"),
+        "a_list": ([1, 2], "expected a dict (written by torch.save), got GenericList"),
+    }
+    for key, (data, message) in bad.items():
+        path = tmp_path / f"{key}.pt"
+        torch.save(data, path)
+        for extra in (["--check"], ["--input", "x=2x8"]):
+            proc = run([exe, "--golden", path, "--iters", "1", *extra], check=False, timeout=60)
+            assert proc.returncode == 1, (key, proc.stderr)
+            assert proc.stderr.strip() == f"error: golden data {path}: {message}", (key, proc.stderr)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a zip" * 100)
+    proc = run([exe, "--golden", garbage], check=False, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: golden data {garbage} is not a file torch.save")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for flag, what in (("--golden", "golden data"), ("--model", "model file")):
+        for path, kind in ((fifo, "a FIFO"), (tmp_path, "a directory")):
+            proc = run([exe, flag, path], check=False, timeout=60)
+            assert proc.returncode == 1
+            assert proc.stderr.strip() == f"error: {what} {path} is not a regular file ({kind})"
+    if os.geteuid() != 0:  # root reads any file
+        unreadable = tmp_path / "unreadable.pt"
+        unreadable.write_bytes((root / "model" / "golden.pt").read_bytes())
+        unreadable.chmod(0)
+        proc = run([exe, "--golden", unreadable], check=False, timeout=60)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == f"error: golden data {unreadable} cannot be read: Permission denied"
 
 
 def test_resnet_other_batch_size(resnet):
@@ -121,7 +172,9 @@ def test_resnet_parity_detects_a_wrong_model(resnet, tmp_path):
     other = torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                                  torch.nn.Linear(3, 1000)))
     other.save(str(tmp_path / "other.pt"))
-    proc = run([binary(resnet), "--check", "--model", tmp_path / "other.pt", "--iters", "1"], check=False)
+    # --no-verify: other.pt has no other.pt.sha256 beside it (the binary refuses an unchecked model by default)
+    proc = run([binary(resnet), "--check", "--model", tmp_path / "other.pt", "--no-verify", "--iters", "1"],
+               check=False)
     assert proc.returncode == 3
     assert "error: parity check failed: out: max abs difference" in proc.stderr
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, generated, run, run_json, scaffold
+from test_component import build_consumer, check_consumer
 
 pytestmark = pytest.mark.e2e
 
@@ -87,7 +88,10 @@ def test_install_runs_from_anywhere(projects, tmp_path):
     assert (prefix / "share" / name / "README.md").is_file()
     paths = runpath(binary)
     assert paths[0] == "$ORIGIN/../lib", paths
-    bundled = sorted(p.name for p in (prefix / "lib").glob("*")) if (prefix / "lib").is_dir() else []
+    own = (f"lib{name}_model.so", "cmake")  # the project's library and CMake package, not libtorch's
+    bundled = sorted(p.name for p in (prefix / "lib").glob("*") if not p.name.startswith(own))
+    assert (prefix / "lib" / "cmake" / name / f"{name}Config.cmake").is_file()
+    assert runpath(next((prefix / "lib").glob(f"lib{name}_model.so.*")))[0] == "$ORIGIN"
     if torch.version.cuda:  # not bundled (GBs): the RPATH also names the libtorch it was built against
         assert bundled == [] and str(Path(torch.__file__).parent / "lib") in paths
     else:
@@ -171,6 +175,14 @@ def test_cpu_install_is_bundled_and_relocatable(cpu_project, tmp_path):
     ldd = run(["ldd", binary], env=clean_env()).stdout
     for lib in ("libtorch_cpu.so", "libc10.so"):
         assert re.search(rf"{re.escape(lib)} => {re.escape(str(moved))}/bin/\.\./lib/{re.escape(lib)}", ldd), ldd
+
+    # A service built against the moved prefix: find_package(cell213 CONFIG) with torch 2.13's CMake package (for
+    # the headers), the README's code and threads; the library and its model are the prefix's.
+    torch_prefix = run([CPU_PYTHON, "-c", "import torch; print(torch.utils.cmake_prefix_path)"]).stdout.strip()
+    build = build_consumer(cpu_project, tmp_path / "consumer", [moved, Path(torch_prefix)])
+    check_consumer(build, elsewhere, cpu_project)
+    ldd = run(["ldd", build / "service"], env=clean_env()).stdout
+    assert re.search(rf"libcell213_model\.so\S* => {re.escape(str(moved))}/lib/", ldd), ldd
 
 
 def test_doctor_and_build_refuse_the_other_torch(cpu_project):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from generator.errors import ScaffoldError
+from generator.errors import ScaffoldError, is_interrupt, user_code_failure
 from generator.spec import FLOAT_DTYPES, InputSpec, ProjectSpec
 
 TORCH_DTYPES = {
@@ -139,7 +139,14 @@ def signature(spec: ProjectSpec, outputs: list[tuple[str, torch.Tensor]]) -> dic
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
+    """manifest.json, and beside the artifact its checksum file (`model.pt2.sha256`, `sha256sum` format).
+
+    The generated binary checks the artifact against that file before loading it: a plain text file in the
+    format coreutils reads (`sha256sum -c`), so the C++ side needs no JSON parser and a user can check it too.
+    """
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    artifact = manifest["artifact"]
+    (path.parent / f"{artifact}.sha256").write_text(f"{manifest['sha256']}  {artifact}\n", encoding="utf-8")
 
 
 def call(module: Any, inputs: list[torch.Tensor], what: str) -> Any:
@@ -152,6 +159,10 @@ def call(module: Any, inputs: list[torch.Tensor], what: str) -> Any:
     except Exception as e:
         shapes = ", ".join(f"{list(t.shape)}:{DTYPE_NAMES.get(t.dtype, t.dtype)}" for t in inputs)
         raise ScaffoldError(f"{what} raised {type(e).__name__} on inputs ({shapes}): {one_line(e)}") from None
+    except BaseException as e:  # sys.exit() in forward: reported, not scaffold's exit
+        if is_interrupt(e):
+            raise
+        raise user_code_failure(e, what) from None
 
 
 def one_line(e: object) -> str:
