@@ -103,6 +103,8 @@ def new(
         data = anchor_paths(read_toml(spec_file), spec_file.parent) if spec_file else {}
         if weights:
             weights = anchor_paths({"model": {"weights": weights}}, Path.cwd())["model"]["weights"]
+        if model:  # a .pt file: absolute here, written relative to the project into its scaffold.toml
+            model = anchor_paths({"model": {"source": model}}, Path.cwd())["model"]["source"]
         parsed_inputs = [parse_input_flag(text) for text in inputs or []]
         dynamic_dims = dict(parse_dynamic_flag(text) for text in dynamic or [])
         spec = spec_from_mapping(merge_flags(data, name=name, model=model, method=method, backend=backend,
@@ -217,6 +219,8 @@ def update(
     try:
         if weights:  # relative to where the user stands, as for `new`
             weights = anchor_paths({"model": {"weights": weights}}, Path.cwd())["model"]["weights"]
+        if model:
+            model = anchor_paths({"model": {"source": model}}, Path.cwd())["model"]["source"]
         flags = {"model": model, "method": method, "backend": backend, "freeze": freeze, "weights": weights,
                  "weights_strict": weights_strict, "bazel": bazel or None, "ci": ci, "docker": docker,
                  "inputs": [parse_input_flag(text) for text in inputs or []]}

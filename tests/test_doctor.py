@@ -25,6 +25,7 @@ def cell(projects) -> Path:
     return generated(projects, "doctor-cell", "--model", "examples.models.cell:Cell", build=False)
 
 
+@pytest.mark.e2e  # probes the real compiler against libtorch's headers (about 7 s a run) as a subprocess
 def test_doctor_reports_this_machine():
     proc = scaffold("doctor")
     assert proc.returncode == 0
@@ -54,6 +55,7 @@ def test_doctor_reports_this_machine():
         assert "CPU build of torch" in checks["CUDA"]["found"]
 
 
+@pytest.mark.e2e  # probes the real compiler against libtorch's headers (about 7 s a run) as a subprocess
 def test_missing_compiler_fails_doctor_new_and_build(cell, tmp_path):
     """CXX naming a compiler that is not there: doctor exits 1, `new --build` stops before exporting, `build`
     stops before configuring; `new` alone (for CI or Docker) only warns."""
@@ -85,6 +87,7 @@ def test_missing_compiler_fails_doctor_new_and_build(cell, tmp_path):
     assert f"warning: {compiler['fix']}" in proc.stderr and (tmp_path / "later" / ".github").is_dir()
 
 
+@pytest.mark.e2e  # probes the real compiler against libtorch's headers (about 7 s a run) as a subprocess
 def test_version_skew_fails_before_the_build(cell, tmp_path):
     """A project whose manifest says another torch minor version: doctor DIR and build exit 1 with one line."""
     skewed = tmp_path / "skewed"
@@ -129,6 +132,7 @@ def test_doctor_on_something_else(tmp_path):
     assert project["status"] == "fail" and "is not a scaffold project" in project["found"]
 
 
+@pytest.mark.e2e  # probes the real compiler against libtorch's headers (about 7 s a run) as a subprocess
 def test_doctor_bazel_row():
     """--bazel makes Bazel required: found, it is ok; missing (BAZEL pointing nowhere), exit 1 with the fix."""
     found = shutil.which("bazel") or shutil.which("bazelisk")

@@ -461,3 +461,20 @@ def test_interrupted_update_leaves_the_project_as_it_was(tmp_path):
     assert "removed .slow." in done.stderr and "kept        src/main.cpp" in done.stdout
     assert not list(tmp_path.glob(".slow.*.scaffold-update"))
     assert (root / "src/main.cpp").read_text().endswith("// local edit\n")
+
+
+@pytest.mark.e2e
+def test_a_torchscript_file_source_is_found_from_the_project(tmp_path):
+    """A .pt given relative to the cwd is written relative to the project, so update and --spec find it anywhere."""
+    import torch
+
+    src = tmp_path / "models"
+    src.mkdir()
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 3).eval()), str(src / "m.pt"))
+    scaffold("new", "lin", "--model", "m.pt", "--input", "x=2x4", "--output", tmp_path / "work" / "lin", cwd=src)
+    root = tmp_path / "work" / "lin"
+    assert 'source = "../../models/m.pt"' in (root / "scaffold.toml").read_text()
+    proc = scaffold("update", ".", "--allow-dirty", cwd=root, check=False)
+    assert proc.returncode == 0, proc.stderr
+    regen = scaffold("new", "--spec", root / "scaffold.toml", "--output", tmp_path / "again", cwd=tmp_path / "work")
+    assert regen.returncode == 0 and (tmp_path / "again" / "model" / "model.pt").is_file()
