@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +16,8 @@ from rich.markup import escape
 from generator import __version__
 from generator.errors import Interrupted, ScaffoldError, is_interrupt, user_code_failure
 from generator.textsafe import CONTROL_RE
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="scaffold",
@@ -115,19 +118,8 @@ def new(
         _preflight(bazel="bazel" in spec.build_systems, building=build)
         from generator.pipeline import create_project
 
-        step = ["starting"]
-
-        def progress(msg: str) -> None:
-            step[0] = msg
-            status.update(msg)
-
-        with err.status("starting", spinner="dots") as status:
-            try:
-                result = create_project(spec, dest, force=force, dynamic=dynamic_dims, progress=progress)
-            except BaseException as e:  # sys.exit() in the model's code must not end scaffold silently
-                if isinstance(e, Exception) or is_interrupt(e):
-                    raise
-                raise user_code_failure(e, f"the model's code, while {step[0]},") from None
+        result = _with_progress(lambda progress: create_project(spec, dest, force=force, dynamic=dynamic_dims,
+                                                                progress=progress))
     except ScaffoldError as e:
         fail(str(e))
         return
@@ -139,6 +131,25 @@ def new(
         _build(result.root)
     else:
         out.print(f"next: scaffold build {result.root}", highlight=False)
+
+
+def _with_progress(work: Callable[[Callable[[str], None]], T]) -> T:
+    """Run work(progress) under a status line; a SystemExit from the model's code (new, update) becomes one
+    error line that names the step it happened in, instead of ending scaffold silently."""
+    step = "starting"
+
+    def progress(msg: str) -> None:
+        nonlocal step
+        step = msg
+        status.update(msg)
+
+    with err.status("starting", spinner="dots") as status:
+        try:
+            return work(progress)
+        except BaseException as e:
+            if isinstance(e, Exception) or is_interrupt(e):
+                raise
+            raise user_code_failure(e, f"the model's code, while {step},") from None
 
 
 def _build(directory: Path) -> None:
@@ -226,20 +237,9 @@ def update(
                  "inputs": [parse_input_flag(text) for text in inputs or []]}
         dynamic_dims = dict(parse_dynamic_flag(text) for text in dynamic or [])
         _preflight(building=False)
-        step = ["starting"]
-
-        def progress(msg: str) -> None:
-            step[0] = msg
-            status.update(msg)
-
-        with err.status("starting", spinner="dots") as status:
-            try:
-                result = update_project(directory, flags=flags, dynamic=dynamic_dims, model_only=model_only,
-                                        dry_run=dry_run, allow_dirty=allow_dirty, progress=progress)
-            except BaseException as e:  # sys.exit() in the model's code must not end scaffold silently
-                if isinstance(e, Exception) or is_interrupt(e):
-                    raise
-                raise user_code_failure(e, f"the model's code, while {step[0]},") from None
+        result = _with_progress(lambda progress: update_project(
+            directory, flags=flags, dynamic=dynamic_dims, model_only=model_only, dry_run=dry_run,
+            allow_dirty=allow_dirty, progress=progress))
     except ScaffoldError as e:
         fail(str(e))
         return
