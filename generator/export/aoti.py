@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from generator.cppnames import SCALAR_TYPES
 from generator.errors import ScaffoldError
 from generator.export.common import (
     ExportResult,
@@ -34,8 +35,6 @@ OUTPUT_NAMES_KEY = "scaffold_output_names"
 # A package is compiled for fixed input shapes and dtypes; the runner checks inputs against these before
 # calling into it (a wrong shape otherwise fails deep in the generated code, or reads out of bounds).
 INPUTS_KEY = "scaffold_inputs"
-C10_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "bfloat16": "BFloat16", "int64": "Long",
-             "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte", "bool": "Bool"}
 
 
 def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> ExportResult:
@@ -59,7 +58,7 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
     artifact = model_dir / ARTIFACT
     metadata = {
         OUTPUT_NAMES_KEY: "\n".join(name for name, _ in eager),
-        INPUTS_KEY: "\n".join(f"{i.name} {C10_NAMES[i.dtype]} {i.pattern}" for i in spec.inputs),
+        INPUTS_KEY: "\n".join(f"{i.name} {SCALAR_TYPES[i.dtype]} {i.pattern}" for i in spec.inputs),
     }
     # Freezing folds batch norm into convolutions and prepacks weights for oneDNN: resnet18 here runs at 0.55x
     # Python eager with it, 1.13x without. For a tiny MLP the prepacked linear is 3x slower than plain addmm.
