@@ -29,8 +29,11 @@ class Project:
         return self.root / "build"
 
     def binary(self) -> Path | None:
+        """The CMake build's binary, else the Bazel build's (bazel-bin/app, which finds model/ in its runfiles
+        wherever it is started)."""
         exe = self.name + (".exe" if platform.system() == "Windows" else "")
-        for candidate in (self.build_dir / exe, self.build_dir / "Release" / exe):
+        bazel_exe = "app" + (".exe" if platform.system() == "Windows" else "")
+        for candidate in (self.build_dir / exe, self.build_dir / "Release" / exe, self.root / "bazel-bin" / bazel_exe):
             if candidate.is_file():
                 return candidate
         return None
@@ -150,5 +153,6 @@ def stale_torch_dir(project: Project, info: TorchInfo) -> bool:
 def run_binary(project: Project, args: list[str]) -> int:
     binary = project.binary()
     if binary is None:
-        raise ScaffoldError(f"{project.name} is not built yet: run `scaffold build {project.root}` first")
+        raise ScaffoldError(f"{project.name} is not built yet: run `scaffold build {project.root}` (or `scaffold "
+                            f"build --bazel {project.root}`) first")
     return run_process([str(binary), *args], capture=False).returncode

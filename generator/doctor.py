@@ -7,24 +7,27 @@ Probes come from generator.toolchain (the ones the build itself uses), never fro
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from generator.errors import ScaffoldError
 from generator.toolchain import (
+    CMAKE_MINIMUM,
+    CMAKE_MINIMUM_STR,
+    MISSING_CMAKE,
     TorchInfo,
     cmake_version,
     compiler_max_standard,
     find_compiler,
     find_tool,
     libtorch_info,
+    missing_compiler,
     tool_version,
     torch_info,
 )
 
-CMAKE_MINIMUM = (3, 21)  # the generated CMakeLists.txt's cmake_minimum_required, and presets version 3
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 
 
@@ -106,16 +109,17 @@ def check_tools(info: TorchInfo | None, *, bazel: bool = False, bazel_required: 
     checks = []
     cmake = find_tool("cmake")
     if cmake is None:
-        checks.append(Check("tools", "cmake", FAIL, "not found",
-                            "cmake not found: pip install cmake (or install it with your OS package manager)"))
+        checks.append(Check("tools", "cmake", FAIL, "not found", MISSING_CMAKE))
     else:
         version = cmake_version(cmake)
         if version is None:
             checks.append(Check("tools", "cmake", FAIL, f"{cmake} does not run",
-                                "reinstall CMake 3.21 or newer: pip install --force-reinstall cmake"))
+                                f"reinstall CMake {CMAKE_MINIMUM_STR} or newer: pip install --force-reinstall "
+                                "cmake"))
         elif _version_tuple(version) < CMAKE_MINIMUM:
             checks.append(Check("tools", "cmake", FAIL, f"{version} at {cmake}",
-                                "the generated project needs CMake 3.21 or newer (presets v3): pip install -U cmake"))
+                                f"the generated project needs CMake {CMAKE_MINIMUM_STR} or newer (cmake --fresh, "
+                                "the ci preset): pip install -U cmake"))
         else:
             checks.append(Check("tools", "cmake", OK, f"{version} at {cmake}"))
 
@@ -129,9 +133,7 @@ def check_tools(info: TorchInfo | None, *, bazel: bool = False, bazel_required: 
     compiler = find_compiler()
     if compiler is None:
         # The words of toolchain.require_build_tools, which `scaffold build` would stop with a step later.
-        hint = f"CXX={os.environ['CXX']} is not on PATH" if os.environ.get("CXX") else "no c++, g++ or clang++ on PATH"
-        checks.append(Check("tools", "C++ compiler", FAIL, "not found",
-                            f"no C++ compiler found ({hint}): install one (apt-get install g++) or set CXX"))
+        checks.append(Check("tools", "C++ compiler", FAIL, "not found", missing_compiler()))
     else:
         first_line = tool_version(compiler) or "unknown version"
         best = compiler_max_standard(compiler)
@@ -208,6 +210,18 @@ def check_cuda(info: TorchInfo) -> list[Check]:
 
 
 # --- a generated project -----------------------------------------------------------------------------------
+
+
+def check_precision(flags: frozenset[str] | None = None) -> list[Check]:
+    """Which reduced precisions this CPU runs fast (`scaffold new --precision bf16|int8` refuses the others)."""
+    from generator.export.precision import FAST_FLAGS, support
+
+    found = support(flags)
+    text = ", ".join(f"{p}: {flag or 'no'}" for p, flag in found.items())
+    missing = [p for p, flag in found.items() if flag is None]
+    fix = (f"--precision {'/'.join(missing)} needs {' or '.join(f for p in missing for f in FAST_FLAGS[p])}; "
+           "it is refused here unless --force-precision") if missing else ""
+    return [Check("cpu", "bf16 / int8", OK if not missing else INFO, text, fix)]
 
 
 def compare(manifest_torch: dict, target: TorchInfo, where: str, tag: str) -> list[Check]:
@@ -295,19 +309,27 @@ def project_build_systems(root: Path) -> tuple[str, ...]:
 # --- everything --------------------------------------------------------------------------------------------
 
 
+DOCTOR_FIRST_STAGE = "importing torch, probing its C++ headers (cached after the first run)"
+
+
 def diagnose(project: Path | None = None, *, bazel: bool = False, bazel_required: bool = False,
-             tools: bool = True) -> Report:
-    """All checks, in the order the table shows them."""
+             tools: bool = True, progress: Callable[[str], None] = lambda _msg: None) -> Report:
+    """All checks, in the order the table shows them; progress(stage) is told what runs next."""
+    progress(DOCTOR_FIRST_STAGE)
     info, checks = load_torch()
     if info is not None:
         checks += check_torch(info)
     if project is not None and not bazel:
         bazel = "bazel" in project_build_systems(project)
     if tools:
+        progress("checking cmake, ninja and the C++ compiler")
         checks += check_tools(info, bazel=bazel, bazel_required=bazel_required)
         if info is not None:
+            progress("checking CUDA")
             checks += check_cuda(info)
+            checks += check_precision()
     if project is not None:
+        progress("checking the project's export")
         checks += check_project(project, info)
     return Report(checks)
 

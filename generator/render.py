@@ -43,7 +43,12 @@ def output_path(template: Path, name: str = "__name__") -> Path:
 
 
 def render_tree(flavour: str, context: dict, dest: Path, skip: set[str] | None = None) -> list[Path]:
-    """Render every template under templates/<flavour>/ into dest, file for file; return what was written."""
+    """Render every template under templates/<flavour>/ into dest, file for file; return what was written.
+
+    Only `*.j2` files are templates (rendered, the suffix dropped); any other file is copied byte for byte, as
+    copier's suffix rule does, so a file with no template logic stays plain C++/Starlark/YAML that formatters,
+    compilers and linters read as it is in the repository.
+    """
     root = template_root()
     env = Environment(loader=FileSystemLoader(str(root)), undefined=StrictUndefined, keep_trailing_newline=True,
                       autoescape=False)
@@ -55,10 +60,13 @@ def render_tree(flavour: str, context: dict, dest: Path, skip: set[str] | None =
         out_rel = output_path(rel, context.get("name", "__name__"))
         if skip and out_rel.as_posix() in skip:
             continue
-        text = env.get_template(f"{flavour}/{rel.as_posix()}").render(**context)
         target = dest / out_rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        if template.suffix == ".j2":
+            text = env.get_template(f"{flavour}/{rel.as_posix()}").render(**context)
+            target.write_text(text, encoding="utf-8")
+        else:
+            shutil.copyfile(template, target)
         written.append(out_rel)
     return written
 

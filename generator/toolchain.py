@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,14 +188,98 @@ def table_cxx_standard(version: str) -> int:
     return 20 if (major, minor) >= (2, 14) else 17
 
 
+def cache_dir() -> Path:
+    """scaffold's cache: $XDG_CACHE_HOME/scaffold, else ~/.cache/scaffold (nothing in it is needed: a lost or
+    corrupt file only means a probe runs again)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base and os.path.isabs(base) else Path.home() / ".cache") / "scaffold"
+
+
+def _identity(path: Path) -> list:
+    """What changes when a file is replaced (a torch upgrade, a new compiler): its real path, size and mtime."""
+    real = path.resolve()
+    st = real.stat()
+    return [str(real), st.st_size, st.st_mtime_ns]
+
+
+def _cache_key(kind: str, *parts: object) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([kind, *parts], default=str).encode()).hexdigest()
+
+
+def cache_get(key: str, valid: Callable[[object], bool]) -> object | None:
+    """The value stored under key in probes.json, or None when absent, unreadable, corrupt or not `valid`."""
+    import json
+
+    try:
+        data = json.loads((cache_dir() / "probes.json").read_text(encoding="utf-8"))
+        value = data.get(key) if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+    return value if value is not None and valid(value) else None
+
+
+def cache_put(key: str, value: object) -> None:
+    """Store value under key, atomically (a temporary file renamed over probes.json); failures are ignored."""
+    import json
+
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads((directory / "probes.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict) or len(data) > 256:  # one entry per torch x compiler: keep it small
+            data = {}
+        data[key] = value
+        fd, tmp = tempfile.mkstemp(prefix=".probes-", suffix=".json", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            os.replace(tmp, directory / "probes.json")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a read-only home: probe again next time
+
+
+def _valid_probe(value: object) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and value[0] in (17, 20) and isinstance(value[1], str)
+            and value[1].startswith("probed"))
+
+
 @functools.cache
 def probe_cxx_standard(root: Path, version: str) -> tuple[int, str]:
-    """Preprocess `#include <ATen/ATen.h>` at C++17, then C++20: the first that passes is what the headers need."""
+    """Preprocess `#include <ATen/ATen.h>` at C++17, then C++20: the first that passes is what the headers need.
+
+    The answer is cached per torch build (its version and ATen.h's identity) and compiler (its real path, size
+    and mtime) in cache_dir(), so `new` and `doctor` pay the ~7 s probe once per machine and torch.
+    """
     compiler = find_compiler()
     include = root / "include"
     if compiler is None or not (include / "ATen" / "ATen.h").is_file():
         why = "no C++ compiler found" if compiler is None else "libtorch headers not found"
         return table_cxx_standard(version), f"from the torch version ({why} to probe with)"
+    try:
+        key = _cache_key("cxx-standard", version, _identity(include / "ATen" / "ATen.h"), _identity(compiler))
+    except OSError:
+        key = None
+    cached = cache_get(key, _valid_probe) if key else None
+    if cached is not None:
+        std, source = cached  # type: ignore[misc]
+        return int(std), str(source)
+    std, source = _probe_cxx_standard(compiler, include, version)
+    if key and source.startswith("probed"):
+        cache_put(key, [std, source])
+    return std, source
+
+
+def _probe_cxx_standard(compiler: Path, include: Path, version: str) -> tuple[int, str]:
     with tempfile.TemporaryDirectory(prefix="scaffold-probe-") as tmp:  # removed on any exit, signals included
         src = Path(tmp) / "probe.cpp"
         src.write_text("#include <ATen/ATen.h>\n")
@@ -292,15 +377,28 @@ def cuda_hints(torch_root: Path, torch_cuda: str) -> CudaHints:
                      cudart=lib("libcudart"), problem=problem)
 
 
+# The CMake the generated project needs: 3.24 for `cmake --fresh` (scaffold build) and the `ci` preset's
+# CMAKE_COMPILE_WARNING_AS_ERROR; the templates' cmake_minimum_required and presets come from it (context()).
+CMAKE_MINIMUM = (3, 24)
+CMAKE_MINIMUM_STR = ".".join(map(str, CMAKE_MINIMUM))
+
+# The words for a missing tool, shared by `scaffold build` (require_build_tools) and `scaffold doctor`.
+MISSING_CMAKE = "cmake not found: pip install cmake (or install it with your OS package manager)"
+
+
+def missing_compiler() -> str:
+    hint = f"CXX={os.environ['CXX']} is not on PATH" if os.environ.get("CXX") else "no c++, g++ or clang++ on PATH"
+    return f"no C++ compiler found ({hint}): install one (apt-get install g++) or set CXX"
+
+
 def require_build_tools() -> tuple[Path, Path | None, Path]:
     """cmake, ninja (optional) and a C++ compiler, or one line that says what to install."""
     cmake = find_tool("cmake")
     if cmake is None:
-        raise ScaffoldError("cmake not found: pip install cmake (or install it with your OS package manager)")
+        raise ScaffoldError(MISSING_CMAKE)
     compiler = find_compiler()
     if compiler is None:
-        hint = f"CXX={os.environ['CXX']} is not on PATH" if os.environ.get("CXX") else "no c++, g++ or clang++ on PATH"
-        raise ScaffoldError(f"no C++ compiler found ({hint}): install one (apt-get install g++) or set CXX")
+        raise ScaffoldError(missing_compiler())
     return cmake, find_tool("ninja"), compiler
 
 
@@ -321,9 +419,24 @@ def tool_version(tool: Path) -> str | None:
 
 @functools.cache
 def compiler_max_standard(compiler: Path) -> int | None:
-    """The newest C++ standard (23, 20, 17, 14) this compiler compiles a C++ file as, probed with -std=c++NN."""
+    """The newest C++ standard (23, 20, 17, 14) this compiler compiles a C++ file as, probed with -std=c++NN
+    (cached per compiler identity, as the header probe is)."""
     if re.fullmatch(r"cl(\.exe)?", compiler.name, re.IGNORECASE):
         return None  # MSVC spells it /std:c++20; not probed
+    try:
+        key = _cache_key("compiler-standard", _identity(compiler))
+    except OSError:
+        key = None
+    cached = cache_get(key, lambda v: v in (23, 20, 17, 14)) if key else None
+    if cached is not None:
+        return int(cached)  # type: ignore[call-overload]
+    best = _compiler_max_standard(compiler)
+    if key and best is not None:
+        cache_put(key, best)
+    return best
+
+
+def _compiler_max_standard(compiler: Path) -> int | None:
     with tempfile.TemporaryDirectory(prefix="scaffold-probe-") as tmp:
         src = Path(tmp) / "std.cpp"
         src.write_text("#include <cstddef>\nint main() { return 0; }\n")

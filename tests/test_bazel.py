@@ -183,7 +183,7 @@ def test_repository_module_and_workspace_agree():
 def test_buildifier_accepts_the_bazel_files(project):
     buildifier = find_buildifier()
     if buildifier is None:
-        pytest.skip("buildifier not installed (.ci/setup installs it from npm: @bazel/buildifier)")
+        pytest.skip("buildifier not installed (.ci/setup --tests installs it from npm: @bazel/buildifier)")
     files = [project / rel for rel in ("BUILD.bazel", "MODULE.bazel", "WORKSPACE", "WORKSPACE.bzlmod",
                                        "third_party/torch/BUILD.bazel", "third_party/torch/torch_configure.bzl")]
     files += [REPO / rel for rel in ("BUILD.bazel", "MODULE.bazel", "WORKSPACE", "WORKSPACE.bzlmod")]
@@ -235,7 +235,7 @@ def disk_cache(tmp_path_factory) -> Path:
 def built(project, disk_cache):
     """The Cell project with offline settings in user.bazelrc, built once by `bazel build //:app`; shut down after."""
     if find_bazel() is None:
-        pytest.skip("bazel not installed: apt-get install bazel-bootstrap (.ci/setup does it when apt is reachable)")
+        pytest.skip("bazel not installed: apt-get install bazel-bootstrap (bash .ci/setup --tests does it)")
     overrides = [f for f in offline_flags(disk_cache) if f.startswith("--override_repository")]
     lines = [f"{cmd} {flag}" for cmd in ("build", "query", "fetch", "sync") for flag in overrides]
     (project / "user.bazelrc").write_text("\n".join([*lines, f"build --disk_cache={disk_cache}"]) + "\n")
@@ -402,9 +402,9 @@ CPU_PYTHON = REPO / ".venv-cpu" / "bin" / "python"
 def test_cpu_torch_c17_build_uses_its_own_libgomp(tmp_path, disk_cache):
     """A CPU wheel (torch 2.13, C++17 headers) bundles libgomp: through the rpath the app loads that one."""
     if find_bazel() is None:
-        pytest.skip("bazel not installed: apt-get install bazel-bootstrap (.ci/setup does it when apt is reachable)")
+        pytest.skip("bazel not installed: apt-get install bazel-bootstrap (bash .ci/setup --tests does it)")
     if not CPU_PYTHON.is_file():
-        pytest.skip("no .venv-cpu (a CPU torch 2.13 venv; .ci/setup makes it)")
+        pytest.skip("no .venv-cpu (a CPU torch 2.13 venv; .ci/setup --tests makes it)")
     root = tmp_path / "cpu-cell"
     run([CPU_PYTHON, "-m", "generator", "new", "cpu-cell", "--output", root, *CELL], cwd=REPO)
     overrides = [f for f in offline_flags(disk_cache) if f.startswith("--override_repository")]
@@ -437,7 +437,7 @@ def test_cpu_torch_c17_build_uses_its_own_libgomp(tmp_path, disk_cache):
 @pytest.mark.bazel
 def test_repository_build_exposes_scaffold_and_the_torch_rule(tmp_path, disk_cache):
     if find_bazel() is None:
-        pytest.skip("bazel not installed: apt-get install bazel-bootstrap (.ci/setup does it when apt is reachable)")
+        pytest.skip("bazel not installed: apt-get install bazel-bootstrap (bash .ci/setup --tests does it)")
     flags = ["--symlink_prefix=/", *offline_flags(disk_cache)]  # no bazel-* links in the checkout
     try:
         proc = bazel(REPO, "run", *flags, "//:scaffold", "--", "--version")

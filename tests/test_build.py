@@ -3,6 +3,7 @@
 import json
 
 import torch
+from packaging.version import Version
 
 from generator.build import Project, stale_torch_dir, user_presets
 from generator.toolchain import find_tool, torch_info
@@ -24,7 +25,7 @@ def test_user_presets_carry_this_machines_libtorch():
 def test_cxx_standard_is_probed_from_the_headers():
     info = torch_info()
     assert info.cxx_standard_source.startswith("probed")
-    assert info.cxx_standard == (20 if torch.__version__ >= "2.14" else 17)
+    assert info.cxx_standard == (20 if Version(torch.__version__) >= Version("2.14") else 17)
 
 
 def test_stale_torch_dir(tmp_path):

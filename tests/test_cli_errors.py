@@ -42,7 +42,6 @@ def leftovers(parent: Path) -> list[str]:
     (["--model", "tests.models.faulty:ReturnsString", "--input", "x=2"], "output 'out\\[1\\]' is a str"),
     (["--model", "tests.models.faulty:Raises"], "no inputs known .* pass one --input"),
     (["--model", "missing-file.pt"], "model file not found: .*/missing-file.pt"),
-    (["--model", "resnet18", "--method", "compile"], "expected one of trace, script"),
     (["--model", "resnet18", "--input", "x=1xx3"], "positive integers"),
     ([], r"\[model\].source: required"),
 ])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import generated, scaffold
+from packaging.version import Version
 
 
 def doctor_json(*args, env=None, expect=0) -> dict:
@@ -40,7 +41,7 @@ def test_doctor_reports_this_machine():
     assert checks["torch"]["found"].startswith(f"{torch.__version__} ({build})")
     assert checks["cmake prefix"]["found"] == torch.utils.cmake_prefix_path
     assert checks["C++ ABI"]["found"] == f"_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
-    std = 20 if torch.__version__ >= "2.14" else 17
+    std = 20 if Version(torch.__version__) >= Version("2.14") else 17
     assert checks["C++ standard"]["found"].startswith(f"C++{std} (probed"), checks["C++ standard"]
     assert "up to C++" in checks["C++ compiler"]["found"]
     assert all(c["status"] != "fail" for c in report["checks"])

@@ -191,7 +191,7 @@ def test_decoder_builds_without_the_libraries_and_matches_torchvision_with_them(
     assert proc.returncode == 1 and "built without JPEG support" in proc.stderr
 
     if "without" in image_support(cls["binary"]):
-        pytest.skip("libjpeg / libpng are not installed (bash .ci/setup installs them)")
+        pytest.skip("libjpeg / libpng are not installed (bash .ci/setup --tests installs them)")
     run([compiler, *flags, "-DSCAFFOLD_HAVE_JPEG=1", "-DSCAFFOLD_HAVE_PNG=1", *sources, "-ljpeg", "-lpng",
          "-o", tmp_path / "full"])
     for picture in ("photo.jpg", "photo.png"):

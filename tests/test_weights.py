@@ -66,7 +66,7 @@ def test_safetensors(tmp_path: Path) -> None:
     try:
         from safetensors.torch import save_file
     except ImportError:
-        pytest.skip("safetensors is not installed (bash .ci/setup installs it)")
+        pytest.skip("safetensors is not installed (bash .ci/setup --tests installs it)")
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     loaded, form, _ = read_state_dict(path)
     assert form == "safetensors" and all(torch.equal(loaded[k], state[k]) for k in state)
