@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from generator.spec import InputSpec
+from generator.dtypes import SCALAR_TYPES
+from generator.spec import InputSpec, input_arguments
 
 # C++20 keywords and alternative tokens, plus names that would shadow what the generated code uses
 # (`at`, `c10`, `torch`, `std` namespaces; `detail` and `tools` are nested namespaces of the project's).
@@ -28,11 +29,7 @@ NAMESPACE_CLASHES = frozenset({"std", "at", "c10", "torch", "caffe2", "detail", 
 # Members the generated structs define themselves.
 MEMBER_CLASHES = frozenset({"list", "named", "from", "Inputs", "Outputs"})
 
-# spec dtype -> c10::ScalarType enumerator
-SCALAR_TYPES = {
-    "float32": "Float", "float64": "Double", "float16": "Half", "bfloat16": "BFloat16", "int64": "Long",
-    "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte", "bool": "Bool",
-}
+# spec dtype -> c10::ScalarType enumerator: generator/dtypes.py's table (imported from here by aoti.py too)
 
 
 def identifier(text: str, taken: set[str], avoid: frozenset[str] = frozenset()) -> str:
@@ -72,6 +69,28 @@ def input_fields(inputs: tuple[InputSpec, ...]) -> list[dict[str, Any]]:
             "high": 2 if spec.dtype == "bool" else spec.high,
         })
     return fields
+
+
+def input_members(inputs: tuple[InputSpec, ...]) -> list[dict[str, Any]]:
+    """The typed Inputs struct's members, in forward's flat order: a tensor argument and each key of a dict
+    argument is an `at::Tensor` field (`batch['ids']` -> `batch_ids`); a list argument is one
+    `std::vector<at::Tensor>` (`images`). start/count: the member's slice of the flat tensors."""
+    taken: set[str] = set()
+    members = []
+    for arg in input_arguments(inputs, "inputs"):
+        if arg.kind == "list":
+            entries = inputs[arg.start:arg.start + arg.count]
+            first = entries[0]
+            members.append({"field": identifier(arg.name, taken, MEMBER_CLASHES), "list": True, "name": arg.name,
+                            "start": arg.start, "count": arg.count,
+                            "comment": f"{arg.name}[0..{arg.count - 1}] as exported: "
+                                       + ", ".join(dict.fromkeys(i.pattern for i in entries)) + f" {first.dtype}"})
+            continue
+        for k in range(arg.start, arg.start + arg.count):
+            spec = inputs[k]
+            members.append({"field": identifier(spec.name, taken, MEMBER_CLASHES), "list": False, "name": spec.name,
+                            "start": k, "count": 1, "comment": f"{spec.name}: {spec.pattern} {spec.dtype}"})
+    return members
 
 
 def output_fields(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -26,6 +26,11 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 # torchvision families whose models take one NCHW image batch; 224x224 is what their weights were trained at.
 IMAGE_MODULES = ("torchvision.models", "torchvision.models.segmentation")
 IMAGE_DEFAULT = (InputSpec(name="x", shape=(1, 3, 224, 224), dtype="float32"),)
+# torchvision detection models take a list of CHW images of any size (their transform resizes them, to 320 for the
+# *_320_* and ssdlite320 models, 800 for the others). The default: a batch of two small 3x320x320 images, height and
+# width dynamic (a scripted model takes any image size and any number of images).
+DETECTION_DEFAULT = tuple(InputSpec(name=f"images[{i}]", shape=(3, 320, 320), dtype="float32", dynamic=(1, 2))
+                          for i in range(2))
 
 
 @dataclass
@@ -40,16 +45,42 @@ class ResolvedModel:
     # classes: the one loaded, else the model's DEFAULT (its metadata needs no download).
     weights_enum: Any = None
     notes: list[str] = field(default_factory=list)  # warnings for the user (a non-strict load, a stripped prefix)
+    # The export method this model needs when the spec names none (torchvision detection: script).
+    default_method: str | None = None
+    # What the scripted model returns for an eager result: torchvision's detection models return their
+    # detections in eager mode but (losses, detections) once scripted, so parity compares against ({}, eager).
+    scripted_result: Any = None  # Callable[[Any], Any] | None
 
     def argument_names(self) -> list[str]:
         """forward's positional argument names, for error messages that say exactly which --input to pass."""
+        return [name for name, _, _ in self._parameters()]
+
+    def required_arguments(self) -> list[tuple[str, str]]:
+        """forward's arguments without a default, each with how its --input is spelt (`x`, `images[0]`,
+        `batch['KEY']` from its annotation), for the "no inputs known" hint."""
+        return [(name, kind) for name, kind, has_default in self._parameters() if not has_default]
+
+    def _parameters(self) -> list[tuple[str, str, bool]]:
+        """(name, input spelling, has a default) per positional parameter of forward; [] when unknown."""
         try:
             if self.kind == "torchscript":
-                return [a.name for a in self.module.forward.schema.arguments[1:]]
+                return [(a.name, _spelling(a.name, str(a.type)), a.has_default_value())
+                        for a in self.module.forward.schema.arguments[1:]]
             params = inspect.signature(self.module.forward).parameters.values()
-            return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            return [(p.name, _spelling(p.name, str(p.annotation)), p.default is not p.empty) for p in params
+                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         except (AttributeError, TypeError, ValueError, RuntimeError):
             return []
+
+
+def _spelling(name: str, annotation: str) -> str:
+    """How one tensor of this argument is named on the command line, from its type annotation."""
+    lowered = annotation.lower().replace("typing.", "")
+    if lowered.startswith(("list", "tuple", "sequence")):
+        return f"{name}[0]"
+    if lowered.startswith(("dict", "mapping")):
+        return f"{name}['KEY']"
+    return name
 
 
 def resolve(source: str, seed: int = 0, *, weights: str | None = None, weights_strict: bool = True) -> ResolvedModel:
@@ -73,6 +104,31 @@ def resolve(source: str, seed: int = 0, *, weights: str | None = None, weights_s
     if weights:
         _load_file(resolved, weights, weights_strict)
     return resolved
+
+
+def apply_config(resolved: ResolvedModel, overrides: tuple[tuple[str, Any], ...]) -> None:
+    """`[model.config]`: set attributes of the model's `config` (a transformers PretrainedConfig) before export,
+    e.g. use_cache = false, which a transformers forward reads on every call. Only attributes the config
+    already has: a misspelt key is an error, not a silent no-op."""
+    if not overrides:
+        return
+    config = getattr(resolved.module, "config", None)
+    if config is None or resolved.kind == "torchscript":
+        raise ScaffoldError(f"[model.config]: {resolved.description} has no `config` to set "
+                            f"{', '.join(k for k, _ in overrides)} on (a transformers model has one)")
+    for key, value in overrides:
+        if not hasattr(config, key):
+            known = [k for k in dir(config) if not k.startswith("_")]
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ScaffoldError(f"[model.config].{key}: {type(config).__name__} has no attribute '{key}'{suggestion}")
+        current = getattr(config, key)
+        if current is not None and not isinstance(value, type(current)) and not (
+                isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)):
+            raise ScaffoldError(f"[model.config].{key}: {type(config).__name__}.{key} is a {type(current).__name__} "
+                                f"({current!r}), got {value!r}")
+        setattr(config, key, value)
+    resolved.description += ", config " + ", ".join(f"{k}={v!r}" for k, v in overrides)
 
 
 def _load_file(resolved: ResolvedModel, weights: str, strict: bool) -> None:
@@ -141,8 +197,27 @@ def _import_attr(source: str) -> ResolvedModel:
         raise ScaffoldError(f"'{source}' gave a {type(model).__name__}, not a torch.nn.Module")
     model.eval()
     defaults = getattr(model, "scaffold_inputs", None)
-    return ResolvedModel(module=model, kind="python", default_inputs=_declared_inputs(defaults, source),
-                         description=f"{source} ({type(model).__name__})")
+    resolved = ResolvedModel(module=model, kind="python", default_inputs=_declared_inputs(defaults, source),
+                             description=f"{source} ({type(model).__name__})")
+    if _is_detection(model):  # a torchvision detector built by the user's own factory (other kwargs, a head)
+        _as_detection(resolved)
+        resolved.default_inputs = resolved.default_inputs or DETECTION_DEFAULT
+    return resolved
+
+
+# torchvision's detection model classes: eager forward returns detections, scripted (losses, detections).
+DETECTION_CLASSES = ("GeneralizedRCNN", "RetinaNet", "FCOS", "SSD")
+
+
+def _is_detection(model: torch.nn.Module) -> bool:
+    return any(c.__name__ in DETECTION_CLASSES and c.__module__.startswith("torchvision.models.detection")
+               for c in type(model).__mro__)
+
+
+def _as_detection(resolved: ResolvedModel) -> None:
+    # Tracing cannot record their data-dependent box filtering and list-of-dict output; scripting can.
+    resolved.default_method = "script"
+    resolved.scripted_result = _losses_and_detections
 
 
 def _declared_inputs(declared: object, source: str) -> tuple[InputSpec, ...] | None:
@@ -186,13 +261,16 @@ def _torchvision(name: str, weights: str | None, strict: bool, enum_name: str | 
     model.eval()
     family = type(model).__module__
     image_like = name in tvm.list_models(module=tvm) or name in tvm.list_models(module=tvm.segmentation)
+    detection = _is_detection(model)
     meta = enum if enum is not None else _default_enum(tvm, name)
     # Loaded weights fix the input size (vit_h_14's SWAG weights build a 518x518 model); otherwise 224x224, what
     # the builders construct by default, whatever size the DEFAULT weights would have been evaluated at.
     defaults = (_image_default(enum) if enum is not None else IMAGE_DEFAULT) if image_like else None
-    resolved = ResolvedModel(module=model, kind="torchvision", default_inputs=defaults,
-                             description=f"torchvision {name} ({family}, random weights)",
+    resolved = ResolvedModel(module=model, kind="torchvision", default_inputs=DETECTION_DEFAULT if detection else
+                             defaults, description=f"torchvision {name} ({family}, random weights)",
                              weights_enum=meta)
+    if detection:
+        _as_detection(resolved)
     if enum is not None:
         from generator.export.common import sha256
         from generator.weights import LoadedWeights
@@ -205,6 +283,11 @@ def _torchvision(name: str, weights: str | None, strict: bool, enum_name: str | 
     elif weights:
         _load_file(resolved, weights, strict)
     return resolved
+
+
+def _losses_and_detections(detections: Any) -> Any:
+    """A scripted torchvision detection model returns (losses, detections); in eval mode losses is empty."""
+    return ({}, detections)
 
 
 def _weights_enum(tvm: Any, model: str, name: str) -> Any:

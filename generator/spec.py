@@ -16,16 +16,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from generator.dtypes import DTYPES, FLOAT_DTYPES, INT_RANGES  # noqa: F401  (re-exported: spec.DTYPES is public)
 from generator.errors import ScaffoldError
 from generator.textsafe import CONTROL_RE, has_control
 
-DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
-FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 METHODS = ("trace", "script")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # A torchvision weights enum member, alone (DEFAULT, IMAGENET1K_V1) or qualified (ResNet18_Weights.IMAGENET1K_V1).
 WEIGHTS_ENUM_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]*_Weights\.)?[A-Z][A-Z0-9_]*$")
 BACKENDS = ("torchscript", "aoti")
+# Numeric precision of the deployed model (AOTI backend): see generator/export/precision.py.
+PRECISIONS = ("fp32", "bf16", "int8")
 BUILD_SYSTEMS = ("cmake", "bazel")
 CI_PROVIDERS = ("github",)
 DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]{1,4})?")  # always re.fullmatch: `$` lets "cpu\n" through
@@ -49,10 +50,13 @@ MAX_THREADS = 4096
 MAX_COUNT = 10**9  # warmup, iters: fits a C++ int
 MAX_TOLERANCE = 1e6
 MAX_STRING = 4096
-INT_RANGES = {"uint8": (0, 2**8), "int8": (-(2**7), 2**7), "int16": (-(2**15), 2**15), "int32": (-(2**31), 2**31),
-              "int64": (-(2**63), 2**63 - 1), "bool": (0, 2)}  # [low, high): what torch.randint can draw
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 INPUT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# A structured input's name, spelt like the outputs: `images[0]` (an entry of a List[Tensor] argument) or
+# `batch['ids']` (a key of a Dict[str, Tensor] argument); one level deep. Keys reach C++ string literals and
+# shell command lines, so they are kept to letters, digits, '_', '.' and '-'.
+INPUT_PATH_RE = re.compile(r"(?P<arg>[A-Za-z_][A-Za-z0-9_]{0,127})"
+                           r"(?:\[(?P<index>0|[1-9][0-9]{0,5})\]|\['(?P<key>[A-Za-z0-9_.-]{1,64})'\])?")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,11 @@ class InputSpec:
     high: int = 10
     # Dims that may change at run time (e.g. (0,) for the batch); the AOTI backend compiles them symbolic.
     dynamic: tuple[int, ...] = ()
+
+    @property
+    def argument(self) -> str:
+        """The forward argument this tensor belongs to: `images` for `images[0]`, `x` for `x`."""
+        return input_path(self.name)[0]
 
     @property
     def shape_str(self) -> str:
@@ -85,6 +94,9 @@ class ModelSpec:
     method: str = "trace"
     backend: str = "torchscript"
     freeze: bool = True
+    # Whether the spec named the method: a model with a better default (torchvision detection: script) gets it
+    # only when the user chose none. Not part of equality: a spec written back to scaffold.toml names its method.
+    method_given: bool = field(default=True, compare=False)
     # Traced models with 2-D convolutions get their 4-D float inputs and weights in channels-last layout, which
     # takes libtorch's oneDNN convolution path: resnet18 on 2 threads, 0.77x eager against 0.93x without it.
     channels_last: bool = True
@@ -92,6 +104,15 @@ class ModelSpec:
     # spec file's directory or the cwd, see anchor_paths) or a torchvision weights enum name such as DEFAULT.
     weights: str | None = None
     weights_strict: bool = True
+    # `[model.config]`: attributes set on the model's `config` (a transformers model) before export, e.g.
+    # (("use_cache", False),); applied by models.apply_config.
+    config: tuple[tuple[str, bool | int | float | str], ...] = ()
+    # bf16 / int8 (AOTI only): heavy ops in reduced precision, inputs and outputs keep their dtypes. calibration:
+    # int8's calibration inputs (a torch.save list of input tuples or dicts; absolute once anchored).
+    # force_precision: export a precision this CPU has no fast instructions for (doctor says which it has).
+    precision: str = "fp32"
+    calibration: str | None = None
+    force_precision: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,8 +297,7 @@ def _input_from_table(table: dict, where: str) -> InputSpec:
     name = _get(table, "name", str, where)
     if name is None:
         raise ScaffoldError(f"{where}.name: required (the argument name in forward)")
-    if not INPUT_NAME_RE.fullmatch(name):
-        raise ScaffoldError(f"{where}.name: '{_show(name)}' must be an identifier (letters, digits, '_'; 128 at most)")
+    check_input_name(name, f"{where}.name")
     shape = table.get("shape")
     if isinstance(shape, str):
         shape = list(parse_shape(shape, f"{where}.shape"))
@@ -301,6 +321,67 @@ def _input_from_table(table: dict, where: str) -> InputSpec:
                                 f"[{lo}, {hi})")
     dynamic = parse_dynamic(table.get("dynamic", []), len(shape), f"{where}.dynamic")
     return InputSpec(name=name, shape=tuple(shape), dtype=dtype, low=low, high=high, dynamic=dynamic)
+
+
+def input_path(name: str) -> tuple[str, int | str | None]:
+    """`images[0]` -> ('images', 0); `batch['ids']` -> ('batch', 'ids'); `x` -> ('x', None). The name is valid."""
+    match = INPUT_PATH_RE.fullmatch(name)
+    if match is None:
+        return name, None
+    if match["index"] is not None:
+        return match["arg"], int(match["index"])
+    return match["arg"], match["key"]
+
+
+def check_input_name(name: str, where: str) -> None:
+    if not INPUT_PATH_RE.fullmatch(name):
+        raise ScaffoldError(
+            f"{where}: '{_show(name)}' must be an identifier (letters, digits, '_'; 128 at most), optionally with one "
+            "list index or dict key: x, images[0], batch['ids'] (keys: letters, digits, '_', '.', '-'; 64 at most)")
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One forward argument and the flat inputs that make it: a tensor (x), a list (images[0], images[1], ...)
+    or a dict (batch['ids'], ...). start/count: its slice of the flat input list; keys: a dict's keys in order."""
+
+    name: str
+    kind: str  # "tensor" | "list" | "dict"
+    start: int
+    count: int
+    keys: tuple[str, ...] = ()
+
+
+def input_arguments(inputs: tuple[InputSpec, ...], where: str = "[[inputs]]") -> tuple[Argument, ...]:
+    """Group the flat inputs into forward's arguments, in order of first appearance; check that the names form
+    whole arguments: one kind per argument, its entries listed together, list indices 0, 1, ... in order."""
+    args: list[Argument] = []
+    seen: set[str] = set()
+    for position, spec in enumerate(inputs):
+        arg, member = input_path(spec.name)
+        kind = "tensor" if member is None else "list" if isinstance(member, int) else "dict"
+        last = args[-1] if args else None
+        if last is not None and last.name == arg:
+            if kind != last.kind or kind == "tensor":
+                what = "a tensor" if kind == "tensor" else f"a {kind}"
+                raise ScaffoldError(f"{where}: input '{_show(spec.name)}' makes '{arg}' {what}, but an earlier input "
+                                    f"made it a {last.kind}; one kind per forward argument")
+            if kind == "list" and member != last.count:
+                raise ScaffoldError(f"{where}: input '{_show(spec.name)}': the entries of list '{arg}' must be "
+                                    f"{arg}[0], {arg}[1], ... in order; expected {arg}[{last.count}]")
+            if kind == "dict" and member in last.keys:
+                raise ScaffoldError(f"{where}: input name '{_show(spec.name)}' appears more than once")
+            args[-1] = replace(last, count=last.count + 1, keys=(*last.keys, *([member] if kind == "dict" else [])))
+            continue
+        if arg in seen:
+            raise ScaffoldError(f"{where}: the inputs of argument '{arg}' must be listed together (input "
+                                f"'{_show(spec.name)}' comes after another argument's)")
+        if kind == "list" and member != 0:
+            raise ScaffoldError(f"{where}: input '{_show(spec.name)}': list '{arg}' must start at {arg}[0]")
+        seen.add(arg)
+        args.append(Argument(name=arg, kind=kind, start=position, count=1,
+                             keys=(member,) if isinstance(member, str) else ()))
+    return tuple(args)
 
 
 def check_shape(shape: list[int] | tuple[int, ...], where: str) -> None:
@@ -349,8 +430,74 @@ def apply_dynamic(inputs: tuple[InputSpec, ...], flags: dict[str, list[int]]) ->
                  if i.name in flags else i for i in inputs)
 
 
+class SpecErrors(ScaffoldError):
+    """Several problems in one spec: the CLI prints the first as its `error:` line and the rest below it."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+# Stand-ins for a section that failed, so the sections after it are checked too (every one of them parses).
+_PLACEHOLDERS: dict[str, Any] = {"project": {"name": "placeholder"}, "model": {"source": "placeholder"}}
+_SECTION_RE = re.compile(r"\[\[?([a-z_]+)(?:\]\]? #(\d+))?")
+MAX_REPORTED = 20
+
+
 def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
-    """Validate a `scaffold.toml`-shaped mapping (after flags were merged in) into a `ProjectSpec`."""
+    """Validate a `scaffold.toml`-shaped mapping (after flags were merged in) into a `ProjectSpec`.
+
+    Every problem is reported, not just the first (a typo'd key in [model] and a bad [runtime] value in one
+    go): a section (or one [[inputs]] entry) that fails is replaced by a stand-in and the spec is checked again,
+    so the sections are parsed by the same code whatever other fields they grow. One problem raises a plain
+    ScaffoldError, several a SpecErrors holding each.
+    """
+    messages: list[str] = []
+    current = data
+    while True:
+        try:
+            spec = _spec_from_mapping(current, where)
+        except ScaffoldError as e:
+            if str(e) in messages:  # a stand-in did not help (a message that names a section by accident)
+                break
+            messages.append(str(e))
+            current = _without_failed_part(current, str(e))
+            if current is None or len(messages) >= MAX_REPORTED:
+                break
+            continue
+        if not messages:
+            return spec
+        break
+    if len(messages) == 1:
+        raise ScaffoldError(messages[0])
+    raise SpecErrors(messages)
+
+
+def _without_failed_part(data: Any, message: str) -> dict | None:
+    """data with the section (or [[inputs]] entry) a message names replaced by a stand-in; None when the
+    message names no section (a top-level problem: nothing after it can be checked meaningfully)."""
+    m = _SECTION_RE.search(message)
+    if not isinstance(data, dict) or m is None or m.group(1) not in data:
+        return None
+    section, entry = m.group(1), m.group(2)
+    changed = dict(data)
+    if section == "inputs" and entry and isinstance(data["inputs"], list) and 0 < int(entry) <= len(data["inputs"]):
+        entries = list(data["inputs"])
+        stand_in = {"name": f"_scaffold_placeholder_{entry}", "shape": [1]}  # keeps the others' numbers
+        if entries[int(entry) - 1] == stand_in:
+            return None
+        entries[int(entry) - 1] = stand_in
+        changed["inputs"] = entries
+    elif section in _PLACEHOLDERS and data[section] != _PLACEHOLDERS[section]:
+        changed[section] = _PLACEHOLDERS[section]
+    elif section not in _PLACEHOLDERS:
+        del changed[section]
+    else:
+        return None
+    return changed
+
+
+def _spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
     _expect_table(data, where)
     reject_control(data, where)
     _check_keys(data, ("project", "model", "inputs", "build", "runtime", "verify", "preprocess"), where)
@@ -363,8 +510,8 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
     validate_name(name, "[project].name")
 
     model = _expect_table(data.get("model", {}), f"{where}: [model]")
-    _check_keys(model, ("source", "method", "backend", "freeze", "channels_last", "weights", "weights_strict"),
-                "[model]")
+    _check_keys(model, ("source", "method", "backend", "freeze", "channels_last", "weights", "weights_strict",
+                        "config", "precision", "calibration", "force_precision"), "[model]")
     source = _get(model, "source", str, "[model]")
     if not source:
         raise ScaffoldError(
@@ -373,12 +520,22 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
     model_spec = ModelSpec(
         source=source,
         method=_choice(_get(model, "method", str, "[model]", "trace"), METHODS, "[model].method"),
+        method_given="method" in model,
         backend=_choice(_get(model, "backend", str, "[model]", "torchscript"), BACKENDS, "[model].backend"),
         freeze=_get(model, "freeze", bool, "[model]", True),
         channels_last=_get(model, "channels_last", bool, "[model]", True),
         weights=_get(model, "weights", str, "[model]") or None,
         weights_strict=_get(model, "weights_strict", bool, "[model]", True),
+        config=_model_config(model.get("config", {})),
+        precision=_choice(_get(model, "precision", str, "[model]", "fp32"), PRECISIONS, "[model].precision"),
+        calibration=_get(model, "calibration", str, "[model]") or None,
+        force_precision=_get(model, "force_precision", bool, "[model]", False),
     )
+    if model_spec.precision != "fp32" and model_spec.backend != "aoti":
+        raise ScaffoldError(f"[model].precision: {model_spec.precision} needs the AOTI backend (--backend aoti); "
+                            "the TorchScript backend exports fp32 only")
+    if model_spec.calibration and model_spec.precision != "int8":
+        raise ScaffoldError("[model].calibration: calibration inputs are only used with precision = \"int8\"")
 
     raw_inputs = data.get("inputs", [])
     if not isinstance(raw_inputs, list):
@@ -392,6 +549,7 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
         if i.name in seen:
             raise ScaffoldError(f"[[inputs]]: input name '{i.name}' appears more than once")
         seen.add(i.name)
+    input_arguments(inputs)
 
     build = _expect_table(data.get("build", {}), f"{where}: [build]")
     _check_keys(build, ("systems", "ci", "docker"), "[build]")
@@ -422,6 +580,39 @@ def spec_from_mapping(data: dict, where: str = "spec") -> ProjectSpec:
     return ProjectSpec(name=name, model=model_spec, inputs=inputs, build_systems=tuple(dict.fromkeys(systems)),
                        ci=tuple(dict.fromkeys(ci)), docker=docker, runtime=runtime_spec, verify=verify_spec,
                        preprocess=preprocess)
+
+
+MAX_CONFIG_KEYS = 256
+
+
+def parse_config_flag(text: str) -> tuple[str, bool | int | float | str]:
+    """`--model-config KEY=VALUE`: VALUE as TOML reads it (false, 2, 0.1, "text"), else as a plain string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ScaffoldError(f"--model-config {_show(repr(text))}: expected KEY=VALUE, e.g. use_cache=false")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _model_config(value: Any) -> tuple[tuple[str, bool | int | float | str], ...]:
+    """`[model.config]`: identifier keys, each a boolean, number or string (what a transformers config holds)."""
+    table = _expect_table(value, "[model.config]")
+    if len(table) > MAX_CONFIG_KEYS:
+        raise ScaffoldError(f"[model.config]: {len(table)} keys; at most {MAX_CONFIG_KEYS}")
+    out = []
+    for key, item in table.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+            raise ScaffoldError(f"[model.config]: key '{_show(key)}' must be an attribute name (letters, digits, '_')")
+        if not isinstance(item, (bool, int, float, str)):
+            raise ScaffoldError(f"[model.config].{key}: expected true/false, a number or a string, got "
+                                f"{_type_name(type(item))}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ScaffoldError(f"[model.config].{key}: expected a finite number")
+        out.append((key, item))
+    return tuple(out)
 
 
 PREPROCESS_KEYS = ("input", "resize", "crop", "mean", "std", "interpolation", "antialias", "labels")
@@ -502,6 +693,8 @@ def anchor_paths(data: dict, base: Path) -> dict:
     model = merged.get("model")
     if isinstance(model, dict) and isinstance(model.get("weights"), str) and model["weights"]:
         model = merged["model"] = {**model, "weights": _anchor(model["weights"], base)}
+    if isinstance(model, dict) and isinstance(model.get("calibration"), str) and model["calibration"]:
+        model = merged["model"] = {**model, "calibration": _anchor(model["calibration"], base, enum_ok=False)}
     if isinstance(model, dict) and is_file_source(model.get("source")):
         merged["model"] = {**model, "source": _anchor(model["source"], base, enum_ok=False)}
     pre = merged.get("preprocess")
@@ -586,13 +779,20 @@ def parse_toml(raw: bytes, where: str) -> dict:
 def merge_flags(data: dict, *, name: str | None = None, model: str | None = None, method: str | None = None,
                 backend: str | None = None, inputs: list[InputSpec] | None = None, freeze: bool | None = None,
                 bazel: bool = False, ci: list[str] | None = None, docker: bool | None = None,
-                weights: str | None = None, weights_strict: bool | None = None) -> dict:
+                weights: str | None = None, weights_strict: bool | None = None, precision: str | None = None,
+                calibration: str | None = None, force_precision: bool | None = None,
+                config: dict[str, Any] | None = None) -> dict:
     """Flags override the spec file, key by key (a flag's `--input` list replaces the file's inputs)."""
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    if config:  # --model-config KEY=VALUE: merged into [model.config] key by key
+        model_table = _as_dict(merged.get("model", {}))
+        merged["model"] = {**model_table, "config": {**_as_dict(model_table.get("config", {})), **config}}
     if name is not None:
         merged["project"] = {**_as_dict(merged.get("project", {})), "name": name}
     model_over = {k: v for k, v in (("source", model), ("method", method), ("backend", backend),
-                                    ("freeze", freeze), ("weights", weights), ("weights_strict", weights_strict))
+                                    ("freeze", freeze), ("weights", weights), ("weights_strict", weights_strict),
+                                    ("precision", precision), ("calibration", calibration),
+                                    ("force_precision", force_precision))
                   if v is not None}
     if model_over:
         merged["model"] = {**_as_dict(merged.get("model", {})), **model_over}
@@ -661,7 +861,15 @@ def spec_to_toml(spec: ProjectSpec, root: Path | None = None) -> str:
     if spec.model.weights:
         model["weights"] = _relative_to(spec.model.weights, root)
         model["weights_strict"] = spec.model.weights_strict
+    if spec.model.precision != "fp32":
+        model["precision"] = spec.model.precision
+    if spec.model.calibration:
+        model["calibration"] = _relative_to(spec.model.calibration, root)
+    if spec.model.force_precision:
+        model["force_precision"] = True
     table("model", model)
+    if spec.model.config:
+        table("model.config", dict(spec.model.config))
     for i in spec.inputs:
         lines.append("[[inputs]]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in _input_to_table(i).items())
