@@ -6,24 +6,31 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from generator.cppnames import SCALAR_TYPES
 from generator.errors import ScaffoldError
+from generator.export import precision as reduced
 from generator.export.common import (
+    CallPlan,
     ExportResult,
     call,
+    call_plan,
     compare,
+    flat_module,
     flatten,
     make_inputs,
-    max_abs_diff,
     one_line,
+    plain_module,
     quiet,
     resized,
     save_golden,
     sha256,
     signature,
+    verify_record,
+    weak_outputs,
 )
 from generator.models import ResolvedModel
 from generator.spec import ProjectSpec
@@ -35,6 +42,10 @@ OUTPUT_NAMES_KEY = "scaffold_output_names"
 # A package is compiled for fixed input shapes and dtypes; the runner checks inputs against these before
 # calling into it (a wrong shape otherwise fails deep in the generated code, or reads out of bounds).
 INPUTS_KEY = "scaffold_inputs"
+# Dynamic dims that torch.export found to be one symbol (the batch of `image` and of `meta`): lines of
+# "INPUT:DIM INPUT:DIM ..." (input positions). The runner refuses inputs that disagree on them, which the
+# compiled code would otherwise read out of step (wrong numbers, a libtorch resize warning at best).
+SHARED_DIMS_KEY = "scaffold_shared_dims"
 
 
 def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> ExportResult:
@@ -46,12 +57,30 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
     if compiler is None:
         raise ScaffoldError("--backend aoti compiles C++ at export time and no C++ compiler was found: install one "
                             "(apt-get install g++) or set CXX")
+    notes = reduced.check_cpu(spec)  # bf16/int8 on a CPU without fast instructions: refused unless forced
     inputs = make_inputs(spec.inputs, seed=0)
-    eager = flatten(call(resolved.module, inputs, "the model's forward"))
+    plan = call_plan(spec.inputs, resolved.argument_names())
+    eager = flatten(call(resolved.module, inputs, "the model's forward", plan))
     if not eager:
         raise ScaffoldError("the model's forward returned no tensors: there is nothing to deploy or check")
 
-    program = _export(resolved.module, spec)
+    # transformers: ModelOutput/cache as named tensors. Structured inputs: the program takes the flat tensors
+    # (FlatInputs), so the package's inputs are golden.pt's, in that order, whatever pytree order the model's
+    # own arguments would flatten to; the C++ runner passes them on as they are.
+    try:
+        flat = flat_module(plain_module(resolved.module), plan)
+        # bf16: the model under autocast; int8: quantized and calibrated (export/precision.py); fp32: as it is.
+        program = _export(reduced.prepare(flat, spec, inputs, notes), spec, plan)
+    except ExportFailed as e:
+        # torchvision's detection models fail in batched NMS (torchvision/ops/boxes.py:103,
+        # _batched_nms_coordinate_trick: "Could not guard on data-dependent expression Eq(4*u1, 0)"): the number
+        # of boxes left after score filtering is data-dependent.
+        hint = ("torchvision's detection models do not export: their box filtering (batched NMS) depends on the "
+                "number of boxes found; use the TorchScript backend, which scripts them (--backend torchscript)"
+                if resolved.default_method == "script" else
+                "data-dependent control flow or unsupported Python; use the TorchScript backend (--backend "
+                "torchscript --method script)")
+        raise ScaffoldError(f"torch.export could not capture the model ({e}): {hint}") from None
 
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
@@ -59,11 +88,14 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
     metadata = {
         OUTPUT_NAMES_KEY: "\n".join(name for name, _ in eager),
         INPUTS_KEY: "\n".join(f"{i.name} {SCALAR_TYPES[i.dtype]} {i.pattern}" for i in spec.inputs),
+        SHARED_DIMS_KEY: "\n".join(" ".join(group) for group in shared_dims(program, spec)),
     }
     # Freezing folds batch norm into convolutions and prepacks weights for oneDNN: resnet18 here runs at 0.55x
     # Python eager with it, 1.13x without. For a tiny MLP the prepacked linear is 3x slower than plain addmm.
     # So both are compiled and the faster, on this machine, is kept (freeze = false compiles only the plain one).
     candidates = [{"freezing": True}, {"freezing": False}] if spec.model.freeze else [{"freezing": False}]
+    candidates = reduced.candidates(spec, candidates)
+    rtol, atol = reduced.tolerances(spec)  # bf16/int8 are checked against fp32 eager with wider tolerances
     built = []
     for n, configs in enumerate(candidates):
         path = model_dir / f"candidate-{n}.pt2"
@@ -76,13 +108,13 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         except Exception as e:
             raise ScaffoldError(f"AOTInductor could not compile the exported program: {one_line(e)[:300]}") from None
         reloaded = flatten(call(loaded, inputs, "the AOTInductor package"))
-        diff = compare(eager, reloaded, spec.verify.rtol, spec.verify.atol)
+        diff = compare(eager, reloaded, rtol, atol)
         if diff:
             raise ScaffoldError(f"the AOTInductor package does not reproduce eager outputs: {diff}")
         if any(i.dynamic for i in spec.inputs):  # and at another size of the dynamic dims
             other = make_inputs(resized(spec.inputs, 3), seed=1)
-            diff = compare(flatten(call(resolved.module, other, "the model's forward")),
-                           flatten(call(loaded, other, "the AOTInductor package")), spec.verify.rtol, spec.verify.atol)
+            diff = compare(flatten(call(resolved.module, other, "the model's forward", plan)),
+                           flatten(call(loaded, other, "the AOTInductor package")), rtol, atol)
             if diff:
                 raise ScaffoldError(f"the AOTInductor package does not match eager at another dynamic size: {diff}")
         built.append((configs, path, loaded, reloaded))
@@ -95,7 +127,10 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         other_path.unlink(missing_ok=True)
 
     golden = model_dir / "golden.pt"
-    save_golden(golden, spec, inputs, eager)
+    # Reduced precision: the golden outputs are the reduced artifact's own, so the C++ parity test checks the C++
+    # build against what this package computes, with the normal tolerances; the error against fp32 eager is
+    # measured here and recorded in the manifest's `precision` section.
+    save_golden(golden, spec, inputs, eager if spec.model.precision == "fp32" else reloaded)
     manifest = {
         "backend": "aoti",
         "method": "export",
@@ -104,7 +139,7 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         "sha256": sha256(artifact),
         "golden": golden.name,
         "signature": signature(spec, eager),
-        "verify": {"rtol": spec.verify.rtol, "atol": spec.verify.atol, "max_abs_diff": max_abs_diff(eager, reloaded)},
+        "verify": verify_record(spec, eager, reloaded),
         "inductor_configs": configs,
         # Python-side median latency of each candidate package, in the order tried (frozen first).
         "candidates_ms": {("frozen" if c["freezing"] else "plain"): round(t, 4)
@@ -112,7 +147,11 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
         "compiled_for": "cpu",
         "rejects_input": _rejected_input(spec),
     }
-    return ExportResult(artifact=artifact, golden=golden, manifest=manifest, warnings=[])
+    if spec.model.precision != "fp32":
+        manifest["precision"], lines = reduced.report(spec, reduced.accuracy(flat, loaded, spec))
+        notes.extend(lines)
+    return ExportResult(artifact=artifact, golden=golden, manifest=manifest,
+                        warnings=[*notes, *weak_outputs(eager, spec.verify.atol)])
 
 
 def _median_ms(packages: list, inputs: list[torch.Tensor], rounds: int = 3) -> list[float]:
@@ -134,21 +173,24 @@ def _median_ms(packages: list, inputs: list[torch.Tensor], rounds: int = 3) -> l
     return [statistics.median(s) for s in samples]
 
 
-def _export(module: torch.nn.Module, spec: ProjectSpec) -> torch.export.ExportedProgram:
+class ExportFailed(Exception):
+    """torch.export raised (its one-line reason); export() words the error for the model at hand."""
+
+
+def _export(module: torch.nn.Module, spec: ProjectSpec, plan: CallPlan) -> torch.export.ExportedProgram:
     """torch.export with the spec's dynamic dims symbolic; a dim export had to fix is an error, not a surprise."""
     dynamic = any(i.dynamic for i in spec.inputs)
     # A size-1 example would be specialised (0/1 specialisation): export dynamic dims of size 1 at size 2.
     example = make_inputs(tuple(replace(i, shape=tuple(max(d, 2) if k in i.dynamic else d for k, d in
                                                         enumerate(i.shape))) for i in spec.inputs), seed=0)
-    shapes = tuple({d: torch.export.Dim.AUTO for d in i.dynamic} or None for i in spec.inputs) if dynamic else None
+    shapes: Any = tuple({d: torch.export.Dim.AUTO for d in i.dynamic} or None for i in spec.inputs) if dynamic else None
+    if shapes is not None and not plan.flat:
+        shapes = (shapes,)  # FlatInputs.forward(*flat): one variadic argument holding them all
     try:
         with quiet():
             program = torch.export.export(module, tuple(example), dynamic_shapes=shapes, strict=False)
     except Exception as e:
-        raise ScaffoldError(
-            f"torch.export could not capture the model ({one_line(e)[:300]}): data-dependent control flow or "
-            "unsupported Python; use the TorchScript backend (--backend torchscript --method script)"
-        ) from None
+        raise ExportFailed(one_line(e)[:300]) from None
     from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
@@ -159,6 +201,20 @@ def _export(module: torch.nn.Module, spec: ProjectSpec) -> torch.export.Exported
                 raise ScaffoldError(f"dim {d} of input '{spec_input.name}' cannot be dynamic: torch.export found the "
                                     f"model fixes it to {shape[d]}; drop it from --dynamic / [[inputs]].dynamic")
     return program
+
+
+def shared_dims(program: torch.export.ExportedProgram, spec: ProjectSpec) -> list[list[str]]:
+    """Groups of "INPUT:DIM" (input positions) that the exported program holds as one symbol (the keys of its
+    range_constraints), for every symbol two or more dynamic dims share: [["0:0", "1:0"]] for a shared batch."""
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    groups: dict[str, list[str]] = {}
+    for index, (spec_input, name) in enumerate(zip(spec.inputs, program.graph_signature.user_inputs,
+                                                   strict=False)):
+        shape = placeholders[name].meta["val"].shape
+        for d in spec_input.dynamic:
+            symbol = str(shape[d])  # "s0" (or an expression of symbols, which stays its own group)
+            groups.setdefault(symbol, []).append(f"{index}:{d}")
+    return [members for members in groups.values() if len(members) > 1]
 
 
 def _rejected_input(spec: ProjectSpec) -> str | None:
