@@ -114,12 +114,12 @@ def test_install_runs_from_anywhere(projects, tmp_path):
 def cpu_project(tmp_path_factory) -> Path:
     """Exported by torch 2.13.0 (CPU) and built against its libtorch, with .venv-cpu's python, like a user would."""
     if not CPU_PYTHON.is_file():
-        pytest.skip(f"{CPU_PYTHON} is missing: .ci/setup creates it (torch=={CPU_TORCH}, CPU); "
+        pytest.skip(f"{CPU_PYTHON} is missing: .ci/setup --tests creates it (torch=={CPU_TORCH}, CPU); "
                     "the build against a second libtorch was not tested")
     version = subprocess.run([str(CPU_PYTHON), "-c", "import torch; print(torch.__version__)"], capture_output=True,
                              text=True, check=False).stdout.strip()
     if not version.startswith(CPU_TORCH):
-        pytest.skip(f"{CPU_PYTHON} has torch {version or '(none)'}, not {CPU_TORCH}: rerun .ci/setup")
+        pytest.skip(f"{CPU_PYTHON} has torch {version or '(none)'}, not {CPU_TORCH}: rerun .ci/setup --tests")
     root = tmp_path_factory.mktemp("cpu") / "cell213"
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     start = time.monotonic()
@@ -308,7 +308,9 @@ def test_dockerfile(ci_project):
     text = dockerfile.read_text()
     assert text.startswith("# syntax=docker/dockerfile:1\n")
     stages = re.findall(r"^FROM (\S+) AS (\w+)$", text, re.MULTILINE)
-    assert [s[1] for s in stages] == ["build", "runtime"]
+    # base (toolchain), libtorch (the download; a --build-context libtorch=DIR replaces it), build, runtime
+    assert [s[1] for s in stages] == ["base", "libtorch", "build", "runtime"]
+    assert "COPY --from=libtorch /libtorch/ /opt/libtorch/" in text
     base = torch.__version__.split("+")[0]
     assert f"ARG LIBTORCH_VERSION={base}" in text and "ARG LIBTORCH_VARIANT=cpu" in text
     assert "https://download.pytorch.org/libtorch/${LIBTORCH_VARIANT}/libtorch-shared-with-deps-" in text
