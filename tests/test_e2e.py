@@ -399,7 +399,7 @@ def test_existing_torchscript_file(tmp_path):
     torch.jit.script(torch.nn.Sequential(torch.nn.Linear(5, 2), torch.nn.Sigmoid())).save(str(source))
     proc = scaffold("new", "given", "--model", source, "--output", tmp_path / "no", check=False)
     assert proc.returncode == 1
-    assert "pass one --input per forward argument, in order: --input input=SHAPE" in proc.stderr
+    assert "pass one --input per required forward argument, in order: --input input=SHAPE" in proc.stderr
     scaffold("new", "given", "--model", source, "--input", "input=4x5", "--output", tmp_path / "given")
     manifest = json.loads((tmp_path / "given/model/manifest.json").read_text())
     assert manifest["method"] == "loaded" and manifest["signature"]["outputs"][0]["shape"] == [4, 2]
