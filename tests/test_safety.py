@@ -50,8 +50,11 @@ def env_for(**extra: object) -> dict[str, str]:
 
 
 def start_scaffold(*args: object, **env: object) -> subprocess.Popen:
+    # SIGINT at its default in the child: a suite started in the background by a non-interactive shell inherits
+    # SIGINT ignored (POSIX job control), and Python then never raises KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-m", "generator", *map(str, args)], cwd=REPO, env=env_for(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> str:
