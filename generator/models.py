@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import torch
 
 from generator.errors import ScaffoldError, is_interrupt, user_code_failure
-from generator.spec import InputSpec, is_weights_enum
+from generator.spec import InputSpec, is_weights_enum, suggest
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 # torchvision families whose models take one NCHW image batch; 224x224 is what their weights were trained at.
@@ -118,9 +118,7 @@ def apply_config(resolved: ResolvedModel, overrides: tuple[tuple[str, Any], ...]
                             f"{', '.join(k for k, _ in overrides)} on (a transformers model has one)")
     for key, value in overrides:
         if not hasattr(config, key):
-            known = [k for k in dir(config) if not k.startswith("_")]
-            hint = difflib.get_close_matches(key, known, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            suggestion = suggest(key, [k for k in dir(config) if not k.startswith("_")])
             raise ScaffoldError(f"[model.config].{key}: {type(config).__name__} has no attribute '{key}'{suggestion}")
         current = getattr(config, key)
         if current is not None and not isinstance(value, type(current)) and not (
@@ -176,9 +174,7 @@ def _import_attr(source: str) -> ResolvedModel:
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            hint = difflib.get_close_matches(part, names, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            suggestion = suggest(part, [n for n in dir(obj) if not n.startswith("_")])
             raise ScaffoldError(f"module '{module_name}' has no attribute '{attr}'{suggestion}")
         obj = getattr(obj, part)
     try:
@@ -301,8 +297,7 @@ def _weights_enum(tvm: Any, model: str, name: str) -> Any:
         raise ScaffoldError(f"--weights {name}: {model}'s weights are {enum_class.__name__}, not {prefix}")
     members = [*enum_class.__members__, "DEFAULT"]
     if member not in members:
-        hint = difflib.get_close_matches(member, members, n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        suggestion = suggest(member, members)
         raise ScaffoldError(f"--weights {name}: {enum_class.__name__} has no '{member}'{suggestion}; "
                             f"choose from {', '.join(members)}, or pass a weights file")
     return enum_class[member]

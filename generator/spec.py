@@ -166,7 +166,7 @@ _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 60
 
 
-def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -213,7 +213,7 @@ def _check_keys(table: dict, allowed: tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
             raise ScaffoldError(
-                f"{where}: unknown key '{_show(key)}'{_suggest(str(key), allowed)}; expected one of: "
+                f"{where}: unknown key '{_show(key)}'{suggest(str(key), allowed)}; expected one of: "
                 f"{', '.join(allowed)}"
             )
 
@@ -239,7 +239,7 @@ def _type_name(kind: type) -> str:
 def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
     if value not in choices:
         raise ScaffoldError(f"{where}: expected one of {', '.join(choices)}; got '{_show(value)}'"
-                            f"{_suggest(value, choices)}")
+                            f"{suggest(value, choices)}")
     return value
 
 
