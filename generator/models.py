@@ -295,7 +295,7 @@ def _weights_enum(tvm: Any, model: str, name: str) -> Any:
     prefix, _, member = name.rpartition(".")
     if prefix and prefix != enum_class.__name__:
         raise ScaffoldError(f"--weights {name}: {model}'s weights are {enum_class.__name__}, not {prefix}")
-    members = [*enum_class.__members__, "DEFAULT"]
+    members = list(dict.fromkeys([*enum_class.__members__, "DEFAULT"]))  # DEFAULT is often a member already
     if member not in members:
         suggestion = suggest(member, members)
         raise ScaffoldError(f"--weights {name}: {enum_class.__name__} has no '{member}'{suggestion}; "
