@@ -199,7 +199,8 @@ def plain_outputs(value: Any) -> Any:
 
     A ModelOutput becomes a dict of tensors that keeps its field names (`out['logits']`); whatever a field holds
     besides a tensor (a DynamicCache, a tuple of hidden states) is flattened into dotted keys, the names Hugging
-    Face's ONNX export uses: `out['past_key_values.0.key']`, `out['hidden_states.1']`. A TorchScript dict holds one
+    Face's ONNX export uses: `out['past_key_values.0.key']` (`out['cache.0.key']` from transformers 5.24),
+    `out['hidden_states.1']`. A TorchScript dict holds one
     value type, so this keeps every output one flat, named tensor. A cache outside a ModelOutput (return_dict=False)
     becomes ((key, value), ...) per layer. Anything else is returned as it is.
     """
