@@ -338,6 +338,9 @@ def update(
     force_precision: Annotated[bool | None, typer.Option(
         "--force-precision", help="Export bf16/int8 without this CPU's fast instructions.",
         show_default=False)] = None,
+    model_config: Annotated[list[str] | None, typer.Option(
+        "--model-config", help="KEY=VALUE set on the model's config before export, merged into [model.config] "
+        "(as for `new`).", show_default=False)] = None,
     bazel: Annotated[bool, typer.Option("--bazel", help="Add Bazel rules.")] = False,
     ci: Annotated[list[CiProvider] | None, typer.Option("--ci", help="Add a CI build matrix: github.",
                                                         show_default=False)] = None,
@@ -358,11 +361,11 @@ def update(
 
     Exit status: 0 done; 1 error, the project left as it was; 3 done, with conflicts to resolve (listed).
     """
-    from generator.spec import anchor_paths, parse_dynamic_flag, parse_input_flag
-    from generator.update import CONFLICT_EXIT, update_project
+    from generator.spec import anchor_paths, parse_config_flag, parse_dynamic_flag, parse_input_flag
+    from generator.update import CONFLICT_EXIT, check_before_torch, update_project
 
     stages = Stages(err, _verbosity(quiet, verbose))
-    with stages.running("checking the flags"):
+    with stages.running("checking the flags, the spec and the model source"):
         if weights:  # relative to where the user stands, as for `new`
             weights = anchor_paths({"model": {"weights": weights}}, Path.cwd())["model"]["weights"]
         if model:
@@ -373,8 +376,11 @@ def update(
                  "weights": weights, "weights_strict": weights_strict, "bazel": bazel or None,
                  "precision": _value(precision), "calibration": calibration, "force_precision": force_precision,
                  "ci": [c.value for c in ci] if ci else None, "docker": docker,
-                 "inputs": [parse_input_flag(text) for text in inputs or []]}
+                 "inputs": [parse_input_flag(text) for text in inputs or []],
+                 "config": dict(parse_config_flag(t) for t in model_config or [])}
         dynamic_dims = dict(parse_dynamic_flag(text) for text in dynamic or [])
+        # Fail fast, as `new` does: a bad flag, spec or model source is refused before torch is imported.
+        check_before_torch(directory, flags)
         stages("checking torch and the C++ toolchain")
         _preflight(building=False)
         result = _user_code(stages, lambda: update_project(

@@ -64,11 +64,12 @@ def unknown_torchvision_name(name: str, available: set[str] | list[str]) -> Scaf
     return ScaffoldError(f"unknown model '{name}': not a torchvision model, a file, or package.module:attr{hint}")
 
 
-def check_source(source: str, weights: str | None = None) -> None:
+def check_source(source: str, weights: str | None = None, *, also_search: list[Path] | None = None) -> None:
     """Raise the ScaffoldError resolve() would raise later, where it can be known without importing torch.
 
     Mirrors resolve()'s dispatch: an artifact suffix or an existing path is a file, `a:b` an import, anything
-    else a torchvision name.
+    else a torchvision name. A module is looked for on sys.path, in the current directory, and in also_search
+    (`update` imports from the directory above the project too).
     """
     path = Path(source)
     if path.suffix.lower() in ARTIFACT_SUFFIXES or path.exists():
@@ -80,17 +81,16 @@ def check_source(source: str, weights: str | None = None) -> None:
             raise ScaffoldError(f"model source '{source}': expected package.module:attr, e.g. mypkg.nets:Net")
         top = module_name.split(".")[0]
         # Only the top-level package: finding a submodule would import (run) its parents.
-        cwd = str(Path.cwd())
-        added = cwd not in sys.path
-        if added:
-            sys.path.insert(0, cwd)
+        extra = [d for d in dict.fromkeys([str(Path.cwd()), *(str(p) for p in also_search or [])])
+                 if d not in sys.path]
+        sys.path[:0] = extra
         try:
             found = importlib.util.find_spec(top) is not None
         except (ImportError, ValueError):
             found = True  # odd, but resolve() says what is wrong in its own words
         finally:
-            if added:
-                sys.path.remove(cwd)
+            for d in extra:
+                sys.path.remove(d)
         if not found:
             raise ScaffoldError(f"cannot import '{module_name}' (from --model {source}): No module named '{top}'")
     else:

@@ -126,6 +126,27 @@ def update_project(root: Path, *, flags: dict[str, Any] | None = None, dynamic: 
                        dry_run=dry_run, allow_dirty=allow_dirty, progress=progress)
 
 
+def given_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags actually given (an option left out is None, an empty list or dict)."""
+    return {k: v for k, v in flags.items() if v is not None and v != [] and v != {}}
+
+
+def check_before_torch(root: Path, flags: dict[str, Any]) -> None:
+    """What `update` can refuse before torch is imported: the spec with the flags applied (every error at once)
+    and the model source (a torchvision name that does not exist, a missing file or module). Nothing is
+    checked when there is no scaffold.toml to read or an interrupted update is still to be rolled back:
+    update_project says what is wrong then."""
+    from generator.sources import check_source
+
+    root = Path(os.path.abspath(root))
+    if not (root / "scaffold.toml").is_file() or (root / JOURNAL).exists():
+        return
+    given = given_flags(flags)
+    spec = spec_from_mapping(merge_flags(_read_spec(root), **given),
+                             "flags" if given else str(root / "scaffold.toml"))
+    check_source(spec.model.source, spec.model.weights, also_search=[root.parent])
+
+
 def _update(project: Project, root: Path, warnings: list[str], *, flags: dict[str, Any],
             dynamic: dict[str, list[int]] | None, model_only: bool, dry_run: bool, allow_dirty: bool,
             progress: Callable[[str], None]) -> UpdateResult:
@@ -135,7 +156,7 @@ def _update(project: Project, root: Path, warnings: list[str], *, flags: dict[st
     if not dry_run and not allow_dirty:
         check_clean(root)
 
-    flags = {k: v for k, v in flags.items() if v is not None and v != []}  # the flags actually given
+    flags = given_flags(flags)
     data = _read_spec(root)
     old_spec = spec_from_mapping(data, str(root / "scaffold.toml"))
     spec = spec_from_mapping(merge_flags(data, **flags), "flags" if flags else str(root / "scaffold.toml"))

@@ -280,3 +280,55 @@ def test_files_without_the_j2_suffix_are_copied_byte_for_byte(tmp_path):
         rel = source.relative_to(template_root() / "bazel")
         assert rel in written and (tmp_path / rel).read_bytes() == source.read_bytes()
     assert (template_root() / "project" / "dot-clang-format").is_file()  # no Jinja in it: a plain file
+
+
+UPDATE_SPEC = '[project]\nname = "app"\n[model]\nsource = "resnet18"\n'
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "resnt18"], "unknown model 'resnt18'.*did you mean resnet18"),
+    (["--weights", "nope.pth"], "weights file not found: .*nope.pth"),
+    (["--model-config", "use_cache"], "--model-config 'use_cache': expected KEY=VALUE"),
+    (["--input", "x=1x0"], "positive integers"),
+])
+def test_update_fails_before_importing_torch(tmp_path, args, fragment):
+    """`update` checks its flags, the project's spec and the model source before torch, as `new` does."""
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "scaffold.toml").write_text(UPDATE_SPEC)
+    proc = quick(FAIL_FAST.format(args=["update", str(project), "--allow-dirty", *args]), cwd=tmp_path)
+    assert "torch imported: False exit: 1" in proc.stdout, proc.stdout + proc.stderr
+    assert re.search(fragment, proc.stderr), proc.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["scaffold.toml"]
+
+
+def test_update_finds_a_module_beside_the_project(tmp_path, monkeypatch):
+    """`update` imports pkg.module:attr from the directory above the project too; the quick check agrees."""
+    (tmp_path / "mynets_beside").mkdir()
+    (tmp_path / "mynets_beside" / "__init__.py").write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(Exception, match="cannot import 'mynets_beside.nets'"):
+        check_source("mynets_beside.nets:Net")
+    check_source("mynets_beside.nets:Net", also_search=[tmp_path])
+    assert str(tmp_path) not in sys.path
+
+
+def test_library_noise_is_dropped_unless_verbose(caplog):
+    """Known third-party lines that say nothing actionable (torchao's Enum registration, transformers' loss_type)
+    are filtered on their own loggers; other lines of the same loggers still show."""
+    import logging
+
+    from generator.progress import LIBRARY_NOISE, quiet_library_noise
+
+    quiet_library_noise()
+    quiet_library_noise()  # idempotent: one filter per logger
+    for name, fragments in LIBRARY_NOISE.items():
+        logger = logging.getLogger(name)
+        assert sum(type(f).__name__ == "_DropNoise" for f in logger.filters) == 1
+        with caplog.at_level(logging.WARNING, logger=name):
+            caplog.clear()
+            logger.warning("x %s y", fragments[0])
+            logger.warning("something else went wrong")
+        assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]

@@ -129,3 +129,18 @@ def test_bert_encoder_keeps_its_field_names(tmp_path):
     manifest = json.loads((tmp_path / "bert" / "model" / "manifest.json").read_text())
     assert [o["name"] for o in manifest["signature"]["outputs"]] == ["out['last_hidden_state']",
                                                                        "out['pooler_output']"]
+
+
+@pytest.mark.e2e
+def test_update_drops_the_cache_with_model_config(gpt2_app, tmp_path):
+    """`scaffold update --model-config use_cache=false` re-exports without the cache outputs and keeps the setting
+    in scaffold.toml (a copy of the built GPT-2 project; its build/ is left behind)."""
+    import shutil
+
+    root = tmp_path / "gpt2-app"
+    shutil.copytree(gpt2_app[0], root, ignore=shutil.ignore_patterns("build"))
+    scaffold("update", root, "--allow-dirty", "--model-config", "use_cache=false")
+    manifest = json.loads((root / "model" / "manifest.json").read_text())
+    assert [o["name"] for o in manifest["signature"]["outputs"]] == ["out['logits']"]
+    assert "[model.config]\nuse_cache = false" in (root / "scaffold.toml").read_text()
+    assert "out_logits" in (root / "include" / "gpt2-app" / "model.h").read_text()
