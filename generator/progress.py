@@ -8,6 +8,7 @@ stages and their times.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,10 +24,44 @@ class Verbosity(StrEnum):
     verbose = "verbose"
 
 
+# Library log lines that tell a scaffold user nothing they can act on, dropped unless --verbose:
+# logger name -> fragments of the message.
+LIBRARY_NOISE = {
+    # torchao (imported by transformers when installed) registers Enums the deprecated way, on every import.
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+    # transformers models built from a config without loss_type, when anything reads model.loss_function.
+    "transformers.modeling_utils": ("was set in the config but it is unrecognized. Using the default loss",),
+}
+
+
+class _DropNoise(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot format itself is not ours to judge
+            return True
+        return not any(f in message for f in self.fragments)
+
+
+def quiet_library_noise() -> None:
+    """Drop the LIBRARY_NOISE lines (once per process; a filter on the logger itself, so it holds whatever
+    handlers the library sets up later)."""
+    for name, fragments in LIBRARY_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise(fragments))
+
+
 class Stages:
     """A progress callback (`stages("exporting")` starts a stage) that times what it is told about."""
 
     def __init__(self, console: Console, verbosity: Verbosity = Verbosity.normal) -> None:
+        if verbosity is not Verbosity.verbose:
+            quiet_library_noise()
         self.console = console
         self.verbosity = verbosity
         self.done: list[tuple[str, float]] = []
