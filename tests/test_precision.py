@@ -196,3 +196,21 @@ def test_bench_peers(projects):
     assert peers["ONNX Runtime fp32"]["max_abs_diff"] < 1e-3 and peers["OpenVINO f32"]["max_abs_diff"] < 1e-3
     assert all(v["export_s"] >= 0 and v["p50_ms"] > 0 for v in peers.values())
     assert result["precision"] == "bf16"
+
+
+def test_top1_only_for_outputs_that_look_like_class_scores():
+    """A classifier's logits get a top-1 agreement line; a named 2-D field that is no decision (BERT's pooler) does
+    not, though it still gets its error and cosine figures."""
+    from generator.export.precision import accuracy
+
+    class TwoHeads(torch.nn.Module):
+        def forward(self, x):
+            return {"logits": x * 2, "pooler_output": torch.tanh(x)}
+
+    spec = spec_from_mapping({"project": {"name": "app"}, "model": {"source": "resnet18"},
+                              "inputs": [{"name": "x", "shape": [3, 5]}]})
+    model = TwoHeads().eval()
+    measured = accuracy(model, model, spec, count=2)
+    assert measured["outputs"]["out['logits']"]["top1_agreement"] == 1.0
+    pooler = measured["outputs"]["out['pooler_output']"]
+    assert "top1_agreement" not in pooler and pooler["min_cosine"] >= 0.999

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -270,7 +271,8 @@ def accuracy(reference: Callable, artifact: Callable, spec: ProjectSpec,
              count: int = ACCURACY_INPUTS, budget_s: float = ACCURACY_BUDGET_S) -> dict[str, Any]:
     """The reduced artifact against fp32 eager over `count` generated inputs (fewer when past the time budget):
     per floating output, max abs and relative error (to the output's scale), the lowest cosine similarity and, for
-    2-D outputs of two or more columns (logits), top-1 agreement of the rows."""
+    2-D outputs of two or more columns that look like class scores (see _class_scores), top-1 agreement of the
+    rows."""
     from generator.export.common import call, errors, flatten, make_inputs
 
     per: dict[str, dict[str, Any]] = {}
@@ -294,7 +296,7 @@ def accuracy(reference: Callable, artifact: Callable, spec: ProjectSpec,
                 entry["max_abs"] = max(entry["max_abs"], err["max_abs"])
                 entry["max_rel"] = max(entry["max_rel"], err["max_rel"])
                 entry["min_cosine"] = min(entry["min_cosine"], err["cosine"])
-                if e.dim() == 2 and e.shape[1] >= 2 and e.shape[0] >= 1:
+                if e.dim() == 2 and e.shape[1] >= 2 and e.shape[0] >= 1 and _class_scores(name):
                     entry["agree"] += int((e.argmax(1) == a.argmax(1)).sum())
                     entry["rows"] += e.shape[0]
     outputs = {}
@@ -304,6 +306,19 @@ def accuracy(reference: Callable, artifact: Callable, spec: ProjectSpec,
             out["top1_agreement"] = entry["agree"] / entry["rows"]
         outputs[name] = out
     return {"inputs": used, "outputs": outputs}
+
+
+_SCORE_WORDS = ("logit", "score", "prob", "class", "pred")
+
+
+def _class_scores(name: str) -> bool:
+    """Whether a 2-D output is read as class scores, where top-1 agreement means something: an unnamed output
+    (`out`, `out[0]`: a classifier's) or one whose key says so (`out['logits']`, `out['scores']`). A named field
+    that is not (BERT's `out['pooler_output']`, an embedding) gets no top-1 line: its argmax is no decision."""
+    keys = re.findall(r"\['([^']*)'\]", name)
+    if not keys:
+        return True
+    return any(word in keys[-1].lower() for word in _SCORE_WORDS)
 
 
 def _finite(value: float) -> float | str:
