@@ -107,7 +107,7 @@ def test_manifest_and_golden_record_the_rule(tmp_path):
     _, result = export_in_process("tests.models.outputs:Scales", tmp_path / "model")
     verify = result.manifest["verify"]
     assert verify["rule"] == "scaled" and verify["rtol"] == RTOL and verify["atol"] == ATOL
-    assert set(verify["outputs"]) == {"out['tiny']", "out['huge']", "out['zero']"}
+    assert set(verify["outputs"]) == {"out['tiny']", "out['huge']", "out['zero']", "out['spectrum']"}
     assert 1e-9 < verify["outputs"]["out['tiny']"]["scale"] < 1e-7
     assert verify["outputs"]["out['huge']"]["scale"] > 1e10
     assert verify["outputs"]["out['zero']"] == {"scale": 0.0, "max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0}
@@ -209,7 +209,9 @@ def test_scales_project_passes_ctest_and_warns_at_export(scales_app):
     assert "tests passed" in proc.stdout
     stats = json.loads(run([root / "build" / "scales-app", "--check", "--json", "--iters", "1"]).stdout)
     assert stats["parity"] is True
-    assert [o["name"] for o in stats["outputs"]] == ["out['tiny']", "out['huge']", "out['zero']"]
+    assert [o["name"] for o in stats["outputs"]] == ["out['tiny']", "out['huge']", "out['zero']",
+                                                     "out['spectrum']"]
+    assert stats["outputs"][3]["dtype"] == "ComplexFloat"
 
 
 @pytest.mark.e2e
@@ -240,3 +242,24 @@ def test_golden_files_without_a_rule_are_read_the_old_way(scales_app, tmp_path):
                check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "'rule' should be \"scaled\"" in lines[0], proc.stderr
+
+
+@pytest.mark.e2e
+def test_complex_outputs_are_checked_by_magnitude_in_cpp(scales_app, tmp_path):
+    """A complex output is held to the scaled rule (by magnitude) in C++, as in Python: a golden value off by
+    1e-5 of itself passes, 1% fails and says by how much (before, C++ demanded bit-equal complex values)."""
+    root, _ = scales_app
+    golden = torch.load(root / "model" / "golden.pt", weights_only=True)
+    index = golden["output_names"].index("out['spectrum']")
+    assert golden["outputs"][index].is_complex()
+    for factor, passes in ((1 + 1e-5, True), (1.01, False)):
+        changed = dict(golden, outputs=list(golden["outputs"]))
+        changed["outputs"][index] = golden["outputs"][index] * factor
+        torch.save(changed, tmp_path / "golden.pt")
+        proc = run([root / "build" / "scales-app", "--check", "--golden", tmp_path / "golden.pt", "--iters", "1"],
+                   check=False)
+        if passes:
+            assert proc.returncode == 0 and "parity: OK" in proc.stdout, proc.stdout + proc.stderr
+        else:
+            assert proc.returncode == 3, proc.stdout + proc.stderr
+            assert "out['spectrum']: max abs difference" in proc.stderr and "of the output's scale" in proc.stderr

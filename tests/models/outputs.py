@@ -7,7 +7,8 @@ from torch import nn
 
 
 class Scales(nn.Module):
-    """Three outputs at very different scales: ~1e-8 (vanishing activations), ~1e11, and exactly zero.
+    """Three outputs at very different scales: ~1e-8 (vanishing activations), ~1e11, and exactly zero; and a
+    complex one (a spectrum), which parity compares by magnitude in Python and C++ alike.
 
     Under the old absolute atol=1e-4 any artifact passed on `tiny`, and `huge` was held to an absolute 1e-4 that
     float32 cannot meet; the scaled rule checks both relative to their own magnitude.
@@ -25,7 +26,8 @@ class Scales(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"tiny": self.small(x) * 1e-8, "huge": self.large(x) * 1e11, "zero": self.head(x)}
+        return {"tiny": self.small(x) * 1e-8, "huge": self.large(x) * 1e11, "zero": self.head(x),
+                "spectrum": torch.fft.rfft(self.large(x))}
 
 
 def scales_broken(scale: float = 1.01) -> Scales:
