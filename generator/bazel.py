@@ -86,7 +86,7 @@ def build_and_test(directory: Path, *, echo: Callable[[str], None] = print) -> P
     for step, args in (("build", ["build", "//..."]), ("test", ["test", "//..."])):
         cmd = [str(bazel), *args]
         echo(f"$ {' '.join(cmd)}")
-        proc = run_process(cmd, capture=False, cwd=project.root)  # own process group: killed on a signal
+        proc = run_process(cmd, capture=False, log_to_stderr=True, cwd=project.root)  # killed on a signal
         if proc.returncode != 0:
             raise ScaffoldError(f"bazel {step} failed (exit {proc.returncode}) in {project.root}; "
                                 "the output above says why")

@@ -130,7 +130,7 @@ def configure_build_test(project: Project, *, test: bool = True, extra_cmake_arg
         steps.append(("test", [str(ctest), "--preset", USER_PRESET]))
     for step, cmd in steps:
         echo(f"$ {' '.join(cmd)}")
-        proc = run_process(cmd, capture=False, cwd=project.root)  # its own process group: killed on a signal
+        proc = run_process(cmd, capture=False, log_to_stderr=True, cwd=project.root)  # killed on a signal
         if proc.returncode != 0:
             raise ScaffoldError(f"{step} failed (exit {proc.returncode}) in {project.root}; the output above says why")
 

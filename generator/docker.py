@@ -139,7 +139,7 @@ def build_and_check(root: Path, name: str, project_torch: str, *, libtorch: str 
         fmt = ["--format", "docker"] if engine.name.startswith(("podman", "buildah")) else []
         cmd = [str(engine), "build", *fmt, *extra, *context, "-t", tag, str(root)]
         echo(f"$ {' '.join(cmd)}")
-        proc = run_process(cmd, capture=False)
+        proc = run_process(cmd, capture=False, log_to_stderr=True)
         if proc.returncode != 0:
             raise ScaffoldError(f"{engine.name} build failed (exit {proc.returncode}); the output above says why")
     check = [str(engine), "run", "--rm", tag, "--check", "--warmup", "0", "--iters", "1"]

@@ -71,13 +71,19 @@ class TorchInfo:
 
 
 def run_process(cmd: list[str], *, capture: bool = True, timeout: float | None = None,
-                cwd: Path | None = None) -> subprocess.CompletedProcess:
+                cwd: Path | None = None, log_to_stderr: bool = False) -> subprocess.CompletedProcess:
     """subprocess.run, but the child gets its own process group and the whole group is killed when scaffold
     stops for any reason (Ctrl-C, SIGTERM, a timeout): `c++` leaves no `cc1plus`, cmake no ninja behind.
+    capture=False lets the child write to the terminal; log_to_stderr sends its stdout to scaffold's stderr too
+    (a build log), so scaffold's stdout holds only its own result lines.
     Raises OSError when cmd cannot start and subprocess.TimeoutExpired after killing the group."""
     kwargs: dict = {"process_group": 0} if os.name == "posix" else {}
     if capture:
         kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    elif log_to_stderr:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        kwargs.update(stdout=2)  # the process's own fd 2, wherever Python's sys.stderr points
     proc = subprocess.Popen(cmd, cwd=cwd, **kwargs)  # noqa: S603  (argument lists, no shell)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)

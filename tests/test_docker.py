@@ -98,6 +98,7 @@ def test_image_builds_offline_and_passes_parity(image, podman):
     tag, out = image
     m = re.search(r"built and checked image (\S+) \(([0-9]+) MB\)", out)
     assert m and m.group(1) == tag, out
+    assert len(out.strip().splitlines()) == 1, out  # the engine's build log went to stderr
     assert 100 < int(m.group(2)) < 2000  # libtorch_cpu dominates: ~430 MB
     env = {**os.environ, **podman}
     # The image's own entry point is the parity check, as a non-root user.

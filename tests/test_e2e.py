@@ -310,9 +310,12 @@ def test_regenerate_from_the_project_spec(projects, tmp_path):
 
 
 def test_new_with_build_flag(tmp_path):
-    scaffold("new", "quick", "--model", "examples.models.mlp:make_mlp", "--output", tmp_path / "quick", "--build",
-             cwd=REPO)
+    proc = scaffold("new", "quick", "--model", "examples.models.mlp:make_mlp", "--output", tmp_path / "quick",
+                    "--build", cwd=REPO)
     assert (tmp_path / "quick" / "build" / "quick").is_file()
+    # stdout holds scaffold's own result lines; cmake's, ninja's and ctest's log goes to stderr.
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["created", "built"], proc.stdout
+    assert "Build files have been written" in proc.stderr and "tests passed" in proc.stderr
     shutil.rmtree(tmp_path / "quick")
 
 
