@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import REPO, run
+from conftest import REPO, run
 
 CPU_PYTHON = REPO / ".venv-cpu" / "bin" / "python"
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"  # what the Dockerfile's FROM names
@@ -106,6 +105,10 @@ def test_image_builds_offline_and_passes_parity(image, podman):
     assert "parity: OK" in proc.stdout
     uid = run(["podman", "run", "--rm", "--entrypoint", "/usr/bin/id", tag, "-u"], env=env).stdout.strip()
     assert uid == "10001"
+    # The runtime component only: the binary, its libraries and the model; no headers or CMake package.
+    listing = run(["podman", "run", "--rm", "--entrypoint", "/bin/ls", tag, "/opt/dk-app", "/opt/dk-app/lib"],
+                  env=env).stdout
+    assert "bin" in listing and "share" in listing and "include" not in listing and "cmake" not in listing, listing
 
 
 @pytest.mark.e2e
