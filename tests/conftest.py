@@ -49,21 +49,48 @@ def projects(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("projects")
 
 
-_GENERATED: dict[str, Path] = {}
+_GENERATED: dict[str, tuple[Path, tuple[str, ...]]] = {}
 _BUILT: set[str] = set()
+NEW_OUTPUT: dict[str, subprocess.CompletedProcess] = {}  # what `scaffold new` printed, per project name
 
 
 def generated(projects: Path, name: str, *new_args: object, build: bool = True) -> Path:
-    """Generate (and by default `scaffold build`) a project once per session; later calls reuse it."""
+    """Generate (and by default build) a project once per session; later calls reuse it.
+
+    A project that is built from the start is made by one `scaffold new ... --build` (configure, build, ctest),
+    as a user would; one generated with build=False and built later gets `scaffold build`. Asking for the same
+    name with other arguments is a mistake in the tests, and fails.
+    """
+    args = tuple(map(str, new_args))
     if name not in _GENERATED:
         root = projects / name
-        scaffold("new", name, "--output", root, *new_args)
-        _GENERATED[name] = root
-    root = _GENERATED[name]
+        NEW_OUTPUT[name] = scaffold("new", name, "--output", root, *args, *(["--build"] if build else []))
+        _GENERATED[name] = (root, args)
+        if build:
+            _BUILT.add(name)
+    root, first = _GENERATED[name]
+    if first != args:
+        pytest.fail(f"project {name} was generated with {first}, now asked for with {args}")
     if build and name not in _BUILT:
         scaffold("build", root)
         _BUILT.add(name)
     return root
+
+
+@pytest.fixture(scope="session")
+def resnet18_app(projects: Path, tmp_path_factory) -> dict:
+    """`scaffold new resnet18-app --model resnet18 --weights FILE` (weights of a seeded resnet18, standing in for
+    a trained one), built once for every file that needs a real classifier (test_e2e, test_image, test_travel):
+    root, binary, the data directory holding the weights, and the eager model with those weights."""
+    import torch
+    import torchvision
+
+    data = tmp_path_factory.mktemp("resnet18-data")
+    torch.manual_seed(7)
+    trained = torchvision.models.resnet18().eval()
+    torch.save(trained.state_dict(), data / "resnet18-trained.pt")
+    root = generated(projects, "resnet18-app", "--model", "resnet18", "--weights", data / "resnet18-trained.pt")
+    return {"root": root, "binary": root / "build" / "resnet18-app", "data": data, "model": trained}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, generated, run, run_json, scaffold
+from conftest import NEW_OUTPUT, generated, run, run_json, scaffold
 from packaging.version import Version
 
 pytestmark = pytest.mark.e2e
@@ -42,8 +42,8 @@ def check_timing(stats: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def resnet(projects):
-    return generated(projects, "resnet18-app", "--model", "resnet18")
+def resnet(resnet18_app):
+    return resnet18_app["root"]
 
 
 def test_resnet_project_layout(resnet):
@@ -76,19 +76,15 @@ def test_resnet_runs_and_prints_heads_and_latency(resnet):
     assert re.search(r"first call [\d.]+ ms", proc.stdout)
 
 
-def test_resnet_matches_python(resnet):
+def test_resnet_matches_python(resnet, resnet18_app):
     """The C++ output equals eager PyTorch's on the golden input (checked here too, not only by the binary)."""
     stats = run_json(binary(resnet), "--check", "--iters", "3", "--warmup", "1", "--threads", "1")
     assert stats["parity"] is True and stats["max_abs_diff"] < 1e-3
     assert stats["threads"] == 1 and stats["iters"] == 3
     check_timing(stats)
     golden = torch.load(resnet / "model" / "golden.pt")
-    import torchvision
-
-    torch.manual_seed(0)
-    eager = torchvision.models.get_model("resnet18", weights=None).eval()
     with torch.inference_mode():
-        expected = eager(golden["inputs"][0])
+        expected = resnet18_app["model"](golden["inputs"][0])  # eager, with the weights the project was made from
     assert torch.allclose(golden["outputs"][0], expected, rtol=1e-4, atol=1e-5)
 
 
@@ -309,14 +305,14 @@ def test_regenerate_from_the_project_spec(projects, tmp_path):
     assert first["sha256"] == second["sha256"]  # same seed, same weights, same artifact
 
 
-def test_new_with_build_flag(tmp_path):
-    proc = scaffold("new", "quick", "--model", "examples.models.mlp:make_mlp", "--output", tmp_path / "quick",
-                    "--build", cwd=REPO)
-    assert (tmp_path / "quick" / "build" / "quick").is_file()
-    # stdout holds scaffold's own result lines; cmake's, ninja's and ctest's log goes to stderr.
+def test_new_with_build_flag(projects):
+    """`scaffold new --build` generates, builds and runs ctest in one command (conftest.generated makes the
+    session's built projects so); its stdout holds scaffold's own result lines, the build log goes to stderr."""
+    root = generated(projects, "gate-app", *GATE)
+    proc = NEW_OUTPUT["gate-app"]
+    assert proc.args[-1] == "--build" and (root / "build" / "gate-app").is_file()
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["created", "built"], proc.stdout
     assert "Build files have been written" in proc.stderr and "tests passed" in proc.stderr
-    shutil.rmtree(tmp_path / "quick")
 
 
 # ------------------------------------------------------------------------ AOTInductor backend, and bench

@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
+from conftest import run
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.models import ResNet18_Weights
-
-from tests.conftest import generated, run
 
 pytestmark = pytest.mark.e2e
 
@@ -39,17 +37,12 @@ def synthetic_picture(height: int = 375, width: int = 500) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def cls(projects: Path, tmp_path_factory) -> dict:
-    """`scaffold new cls --model resnet18 --weights FILE`, built once; the data files and the eager model."""
-    data = tmp_path_factory.mktemp("cls-data")
-    torch.manual_seed(7)
-    trained = torchvision.models.resnet18().eval()
-    torch.save(trained.state_dict(), data / "resnet18-trained.pt")
-    root = generated(projects, "cls", "--model", "resnet18", "--weights", data / "resnet18-trained.pt")
+def cls(resnet18_app: dict) -> dict:
+    """resnet18 with trained weights (conftest's resnet18_app, shared with test_e2e), plus a JPEG and a PNG."""
     picture = synthetic_picture()
-    picture.save(data / "photo.jpg", quality=90)
-    picture.save(data / "photo.png")
-    return {"root": root, "binary": root / "build" / "cls", "data": data, "model": trained}
+    picture.save(resnet18_app["data"] / "photo.jpg", quality=90)
+    picture.save(resnet18_app["data"] / "photo.png")
+    return resnet18_app
 
 
 def eager(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +154,7 @@ DECODE_MAIN = r"""
 #include "image_decode.h"
 int main(int, char** argv) {
   try {
-    const auto image = cls::detail::decode_image(argv[1], 3);
+    const auto image = resnet18_app::detail::decode_image(argv[1], 3);
     std::fwrite(image.pixels.data(), 1, image.pixels.size(), stdout);
     std::fprintf(stderr, "%lld %lld %lld\n", static_cast<long long>(image.height), static_cast<long long>(image.width),
                  static_cast<long long>(image.channels));

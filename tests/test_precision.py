@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import generated, run, scaffold
 
 from generator.doctor import check_precision
 from generator.errors import ScaffoldError
 from generator.export.precision import check_cpu, cpu_flags, load_calibration, support
 from generator.spec import merge_flags, spec_from_mapping, spec_to_toml
-from tests.conftest import generated, run, scaffold
 
 MODEL = "tests.models.small_conv:SmallConv"
 

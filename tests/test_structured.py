@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import generated, run, run_json, scaffold
 
 from generator.errors import ScaffoldError
 from generator.export.common import call_plan, flatten, make_inputs
@@ -23,7 +24,6 @@ from generator.spec import (
     spec_from_mapping,
     spec_to_toml,
 )
-from tests.conftest import generated, run, run_json, scaffold
 
 MODELS = "tests.models.structured_inputs"
 MIXED = ("--model", f"{MODELS}:Mixed", "--method", "script")

@@ -55,9 +55,9 @@ def install(root: Path, prefix: Path) -> None:
 # ------------------------------------------------------------------------------------- --device cuda
 
 
-def test_device_cuda_on_this_machine(projects, tmp_path):
+def test_device_cuda_on_this_machine(resnet18_app, tmp_path):
     """--device cuda[:N]: runs on a GPU where there is one, else says so in one line (exit 1); bad names are usage."""
-    root = generated(projects, "resnet18-app", "--model", "resnet18")
+    root = resnet18_app["root"]
     binary = root / "build" / root.name
     for device in ("cuda", "cuda:0"):
         proc = run_installed(binary, "--device", device, "--check", "--warmup", "1", "--iters", "3", cwd=tmp_path)
@@ -74,9 +74,9 @@ def test_device_cuda_on_this_machine(projects, tmp_path):
 # -------------------------------------------------------------------------------------- cmake --install
 
 
-def test_install_runs_from_anywhere(projects, tmp_path):
+def test_install_runs_from_anywhere(resnet18_app, tmp_path):
     """The CUDA (or CPU) torch of this venv: the prefix holds bin/, share/<name>/model/; RPATH $ORIGIN/../lib first."""
-    root = generated(projects, "resnet18-app", "--model", "resnet18")
+    root = resnet18_app["root"]
     prefix = tmp_path / "prefix"
     start = time.monotonic()
     install(root, prefix)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, scaffold
 from torch import nn
 
 from generator.errors import ScaffoldError
 from generator.spec import anchor_paths, merge_flags, spec_from_mapping, spec_to_toml
 from generator.weights import load_weights, read_state_dict
-from tests.conftest import REPO, scaffold
 
 MLP = "examples.models.mlp:make_mlp"
 
