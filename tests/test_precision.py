@@ -154,7 +154,8 @@ def _project(projects: Path, precision: str, *extra: object) -> Path:
 @pytest.mark.e2e
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_reduced_precision_project_builds_and_passes_parity(projects, calibration, precision):
-    extra = ("--calibration", calibration) if precision == "int8" else ()
+    # int8 with a dynamic batch: quantized (captured, calibrated) and compiled with the batch symbolic.
+    extra = ("--calibration", calibration, "--dynamic", "x:0") if precision == "int8" else ()
     root = _project(projects, precision, *extra)
     manifest = json.loads((root / "model" / "manifest.json").read_text())
     section = manifest["precision"]
@@ -179,6 +180,16 @@ def test_reduced_precision_project_builds_and_passes_parity(projects, calibratio
     assert torch.allclose(expected, eager, atol=0.15 * float(eager.abs().max()))
     # The binary runs (ctest already passed in generated()).
     assert "p50" in run([root / "build" / f"prec_{precision}", "--iters", "3"]).stdout
+    if precision == "int8":  # another batch than the exported one, against fp32 eager on the same input
+        x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+        torch.save({"x": x}, root / "x3.pt")
+        run([root / "build" / "prec_int8", "--inputs-file", root / "x3.pt", "--save-outputs", root / "out3.pt",
+             "--iters", "1", "--warmup", "0"])
+        got = torch.load(root / "out3.pt", weights_only=True)["out"]
+        with torch.inference_mode():
+            want = SmallConv()(x)
+        assert got.shape == (3, 10) and torch.allclose(got, want, atol=0.15 * float(want.abs().max()))
+        assert (got.argmax(1) == want.argmax(1)).float().mean() >= 2 / 3
 
 
 @pytest.mark.e2e

@@ -70,7 +70,7 @@ def export(resolved: ResolvedModel, spec: ProjectSpec, model_dir: Path) -> Expor
     try:
         flat = flat_module(plain_module(resolved.module), plan)
         # bf16: the model under autocast; int8: quantized and calibrated (export/precision.py); fp32: as it is.
-        program = _export(reduced.prepare(flat, spec, inputs, notes), spec, plan)
+        program = _export(reduced.prepare(flat, spec, inputs, notes, plan), spec, plan)
     except ExportFailed as e:
         # torchvision's detection models fail in batched NMS (torchvision/ops/boxes.py:103,
         # _batched_nms_coordinate_trick: "Could not guard on data-dependent expression Eq(4*u1, 0)"): the number
@@ -177,15 +177,22 @@ class ExportFailed(Exception):
     """torch.export raised (its one-line reason); export() words the error for the model at hand."""
 
 
-def _export(module: torch.nn.Module, spec: ProjectSpec, plan: CallPlan) -> torch.export.ExportedProgram:
-    """torch.export with the spec's dynamic dims symbolic; a dim export had to fix is an error, not a surprise."""
-    dynamic = any(i.dynamic for i in spec.inputs)
-    # A size-1 example would be specialised (0/1 specialisation): export dynamic dims of size 1 at size 2.
+def export_arguments(spec: ProjectSpec, plan: CallPlan | None = None) -> tuple[list[torch.Tensor], Any]:
+    """The example inputs and dynamic_shapes torch.export gets: the spec's dynamic dims symbolic (Dim.AUTO), each
+    exported at size >= 2 (a size-1 example would be specialised: 0/1 specialisation)."""
     example = make_inputs(tuple(replace(i, shape=tuple(max(d, 2) if k in i.dynamic else d for k, d in
                                                         enumerate(i.shape))) for i in spec.inputs), seed=0)
-    shapes: Any = tuple({d: torch.export.Dim.AUTO for d in i.dynamic} or None for i in spec.inputs) if dynamic else None
-    if shapes is not None and not plan.flat:
+    if not any(i.dynamic for i in spec.inputs):
+        return example, None
+    shapes: Any = tuple({d: torch.export.Dim.AUTO for d in i.dynamic} or None for i in spec.inputs)
+    if plan is not None and not plan.flat:
         shapes = (shapes,)  # FlatInputs.forward(*flat): one variadic argument holding them all
+    return example, shapes
+
+
+def _export(module: torch.nn.Module, spec: ProjectSpec, plan: CallPlan) -> torch.export.ExportedProgram:
+    """torch.export with the spec's dynamic dims symbolic; a dim export had to fix is an error, not a surprise."""
+    example, shapes = export_arguments(spec, plan)
     try:
         with quiet():
             program = torch.export.export(module, tuple(example), dynamic_shapes=shapes, strict=False)

@@ -213,11 +213,13 @@ def _unique_module_calls(gm: torch.fx.GraphModule) -> None:
 
 
 def int8_module(module: torch.nn.Module, spec: ProjectSpec, example: list[torch.Tensor],
-                warnings_out: list[str]) -> torch.nn.Module:
+                warnings_out: list[str], plan: Any = None) -> torch.nn.Module:
     """The model quantized with PT2E static post-training quantization for x86 Inductor (int8 activations per
-    tensor, int8 weights per channel), calibrated on --calibration or, failing that, on generated inputs."""
-    if any(i.dynamic for i in spec.inputs):
-        raise ScaffoldError("--precision int8 is compiled for fixed shapes: drop --dynamic / [[inputs]].dynamic")
+    tensor, int8 weights per channel), calibrated on --calibration or, failing that, on generated inputs.
+    Captured with the spec's dynamic dims symbolic, as the final export is (aoti.export_arguments)."""
+    from generator.export.aoti import export_arguments
+
+    example, shapes = export_arguments(spec, plan) if any(i.dynamic for i in spec.inputs) else (example, None)
     try:
         with _quiet_torchao():
             import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
@@ -240,7 +242,7 @@ def int8_module(module: torch.nn.Module, spec: ProjectSpec, example: list[torch.
 
     with _quiet_torchao(), torch.no_grad():
         try:
-            gm = torch.export.export(module, tuple(example), strict=False).module()
+            gm = torch.export.export(module, tuple(example), dynamic_shapes=shapes, strict=False).module()
             _unique_module_calls(gm)
             quantizer = xiq.X86InductorQuantizer()
             quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
@@ -255,12 +257,12 @@ def int8_module(module: torch.nn.Module, spec: ProjectSpec, example: list[torch.
 
 
 def prepare(module: torch.nn.Module, spec: ProjectSpec, inputs: list[torch.Tensor],
-            warnings_out: list[str]) -> torch.nn.Module:
+            warnings_out: list[str], plan: Any = None) -> torch.nn.Module:
     """What torch.export captures for this precision."""
     if spec.model.precision == "bf16":
         return bf16_module(module, inputs)
     if spec.model.precision == "int8":
-        return int8_module(module, spec, inputs, warnings_out)
+        return int8_module(module, spec, inputs, warnings_out, plan)
     return module
 
 
