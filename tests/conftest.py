@@ -51,6 +51,7 @@ def projects(tmp_path_factory) -> Path:
 
 _GENERATED: dict[str, tuple[Path, tuple[str, ...]]] = {}
 _BUILT: set[str] = set()
+_OWNER: dict[str, str] = {}  # project name -> the worker group (see xdist_group) that builds it
 NEW_OUTPUT: dict[str, subprocess.CompletedProcess] = {}  # what `scaffold new` printed, per project name
 
 
@@ -62,6 +63,7 @@ def generated(projects: Path, name: str, *new_args: object, build: bool = True) 
     name with other arguments is a mistake in the tests, and fails.
     """
     args = tuple(map(str, new_args))
+    _claim(projects, name)
     if name not in _GENERATED:
         root = projects / name
         NEW_OUTPUT[name] = scaffold("new", name, "--output", root, *args, *(["--build"] if build else []))
@@ -93,9 +95,68 @@ def resnet18_app(projects: Path, tmp_path_factory) -> dict:
     return {"root": root, "binary": root / "build" / "resnet18-app", "data": data, "model": trained}
 
 
+# ---- two workers (pytest -n 2, the README's test command) -------------------------------------------------
+# Each test file is one unit of work for xdist, so a file's session-scoped builds are made once, in one worker.
+# Files that share built projects (generated() names, resnet18_app) form one unit; generated() fails when a
+# project is asked for from two units, so a new sharing cannot silently build a project twice or race on it.
+# (xdist's own --dist loadgroup does not group under pytest 9: it renames node ids through an attribute pytest
+# no longer reads. Hence the scheduler below.)
+SHARED_BUILDS = frozenset({"test_e2e.py", "test_binary_safety.py", "test_component.py", "test_image.py",
+                           "test_travel.py"})
+# The units that take longest start first (measured with --durations=0), so both workers finish near together.
+SLOW_FIRST = ("shared-builds", "test_docker.py", "test_bazel.py", "test_precision.py", "test_structured.py",
+              "test_update.py", "test_transformers.py", "test_parity.py")
+
+
+def group_of(path: str | Path) -> str:
+    name = Path(path).name
+    return "shared-builds" if name in SHARED_BUILDS else name
+
+
+def _claim(projects: Path, name: str) -> None:
+    """Record which group builds project `name`; a second group asking for it is a mistake in the tests."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[0]
+    if not current:
+        return
+    group = group_of(current)
+    owners = projects.parent.parent / "project-owners" if os.environ.get("PYTEST_XDIST_WORKER") else None
+    if owners is not None:  # other workers' claims live beside the workers' own directories
+        owners.mkdir(exist_ok=True)
+        claim = owners / name
+        try:
+            with open(claim, "x") as f:
+                f.write(group)
+        except FileExistsError:
+            _OWNER.setdefault(name, claim.read_text())
+    first = _OWNER.setdefault(name, group)
+    if first != group:
+        pytest.fail(f"project {name} is built by group {first} and asked for by {group}: add both files to "
+                    f"conftest.SHARED_BUILDS so one worker builds it once")
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown without xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`-n N` (xdist's default --dist load) schedules whole groups (group_of), in collection order."""
+    if config.option.dist != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False  # keep SLOW_FIRST's order, not "most tests first"
+    return GroupScheduling(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that runs a real Bazel build is end to end too: `-m "not e2e"` stays the fast lane."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that runs a real Bazel build is end to end too: `-m "not e2e"` stays the fast lane. An xdist worker
+    puts the slow groups first (the order it reports is the order the scheduler hands them out)."""
     for item in items:
         if item.get_closest_marker("bazel") and not item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.e2e)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the workers collect; the order they report is the schedule
+        return
+    rank = {group: i for i, group in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(group_of(item.path), len(rank)))  # stable: file order otherwise
