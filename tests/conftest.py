@@ -51,7 +51,7 @@ def projects(tmp_path_factory) -> Path:
 
 _GENERATED: dict[str, tuple[Path, tuple[str, ...]]] = {}
 _BUILT: set[str] = set()
-_OWNER: dict[str, str] = {}  # project name -> the worker group (see xdist_group) that builds it
+_OWNER: dict[str, str] = {}  # project name -> the group (group_of) whose worker builds it
 NEW_OUTPUT: dict[str, subprocess.CompletedProcess] = {}  # what `scaffold new` printed, per project name
 
 
@@ -122,12 +122,14 @@ def _claim(projects: Path, name: str) -> None:
     owners = projects.parent.parent / "project-owners" if os.environ.get("PYTEST_XDIST_WORKER") else None
     if owners is not None:  # other workers' claims live beside the workers' own directories
         owners.mkdir(exist_ok=True)
-        claim = owners / name
+        claim, mine = owners / name, owners / f".{name}.{os.getpid()}"
+        mine.write_text(group)
         try:
-            with open(claim, "x") as f:
-                f.write(group)
+            os.link(mine, claim)  # appears whole or not at all: another worker never reads it half-written
         except FileExistsError:
             _OWNER.setdefault(name, claim.read_text())
+        finally:
+            mine.unlink()
     first = _OWNER.setdefault(name, group)
     if first != group:
         pytest.fail(f"project {name} is built by group {first} and asked for by {group}: add both files to "
