@@ -126,6 +126,7 @@ def test_binary_checks_golden_and_model_files(projects, tmp_path):
         "no_output_names": (dict(golden, output_names=[]), "'output_names' has 0 name(s) for 1 tensor(s) in 'outputs'"),
         "no_input_names": (dict(golden, input_names=[]), "'input_names' has 0 name(s) for 1 tensor(s) in 'inputs'"),
         "more_names": (dict(golden, input_names=["x", "y"]), "'input_names' has 2 name(s) for 1 tensor(s) in 'inputs'"),
+        "renamed": (dict(golden, input_names=["y"]), "input 0 is named 'y', the model's input 0 is 'x'"),
         "no_outputs": ({k: v for k, v in golden.items() if k != "outputs"}, "key 'outputs' is missing"),
         "not_tensors": (dict(golden, outputs=[1.5]), "'outputs' item 0 should be a tensor, got Double"),
         "no_inputs": (dict(golden, inputs=[], input_names=[]), "'inputs' holds 0 tensor(s), the model takes 1"),
