@@ -119,8 +119,9 @@ def _claim(projects: Path, name: str) -> None:
     if not current:
         return
     group = group_of(current)
-    owners = projects.parent.parent / "project-owners" if os.environ.get("PYTEST_XDIST_WORKER") else None
-    if owners is not None:  # other workers' claims live beside the workers' own directories
+    if name not in _OWNER and os.environ.get("PYTEST_XDIST_WORKER"):
+        # Once per name in a worker (then _OWNER has it). All workers' claims live beside their own directories.
+        owners = projects.parent.parent / "project-owners"
         owners.mkdir(exist_ok=True)
         claim, mine = owners / name, owners / f".{name}.{os.getpid()}"
         mine.write_text(group)
